@@ -1,0 +1,2 @@
+"""unlearnbench: data unlearning in diffusion models, every method on every task, one harness."""
+__version__ = "0.1.0"

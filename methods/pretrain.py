@@ -1,0 +1,14 @@
+"""pretrain: the base model unchanged, the "before" row of every table."""
+from __future__ import annotations
+
+from unlearnbench.loop import LoopLog
+from unlearnbench.method import Method, UnlearnJob, UnlearnResult
+from unlearnbench.registry import METHODS
+
+
+@METHODS.register("pretrain", aliases=("base",))
+class Pretrain(Method):
+    name = "pretrain"
+
+    def unlearn(self, job: UnlearnJob) -> UnlearnResult:
+        return UnlearnResult(job.base_model, LoopLog())
