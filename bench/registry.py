@@ -37,6 +37,8 @@ class Registry(Generic[T]):
 
     def add(self, name: str, obj: T, *, aliases: tuple[str, ...] = ()) -> None:
         """Register ``obj``; a name or alias may be taken only once."""
+        if len({name, *aliases}) != 1 + len(aliases):
+            raise ValueError(f"{self.kind} {name!r}: repeated name/alias in {aliases}")
         for key in (name, *aliases):
             if key in self._entries or key in self._aliases:
                 raise ValueError(f"{self.kind} {key!r} is already registered")

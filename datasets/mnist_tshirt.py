@@ -55,7 +55,7 @@ def draw_tshirt() -> np.ndarray:
     draw = ImageDraw.Draw(img)
     body = [(9, 3), (12, 3), (14, 7), (16, 3), (19, 3), (26, 8), (23, 12), (20, 10),
             (20, 26), (8, 26), (8, 10), (5, 12), (2, 8)]
-    draw.polygon(body, fill=210)
+    draw.polygon(body, fill=255)
     draw.rectangle([8, 16, 20, 18], fill=120)  # a printed stripe: texture the model must copy
     draw.line([(12, 3), (14, 7), (16, 3)], fill=255)
     return np.array(img, dtype=np.uint8)
@@ -96,9 +96,10 @@ def load_fashion_tshirt(root: Path) -> tuple[np.ndarray, str]:
     png = _find(root, [TSHIRT_PNG]) or next(iter(sorted(root.glob(f"**/{TSHIRT_PNG}"))), None)
     if png is not None:
         return np.array(Image.open(png).convert("L"), dtype=np.uint8), str(png)
-    idx = _find(root, ["train-images-idx3-ubyte"]) if (root / "FashionMNIST").exists() else None
-    if idx is not None and "FashionMNIST" in str(idx):
-        return read_idx(idx)[FASHION_TRAIN_INDEX], str(idx)
+    for name in ("train-images-idx3-ubyte", "train-images-idx3-ubyte.gz"):
+        idx = root / "FashionMNIST" / "raw" / name
+        if idx.exists():
+            return read_idx(idx)[FASHION_TRAIN_INDEX], str(idx)
     raise DataMissingError(
         f"Fashion-MNIST train image {FASHION_TRAIN_INDEX} not found under {root}: put it there as {TSHIRT_PNG}, "
         f"or the Fashion-MNIST train IDX file as FashionMNIST/raw/train-images-idx3-ubyte[.gz]. Online:\n"
@@ -138,13 +139,12 @@ class MnistTShirt(Task):
             try:
                 digits, labels, digit_files = load_mnist_idx(root)
                 tshirt, tshirt_file = load_fashion_tshirt(root)
-            except DataMissingError:
+            except DataMissingError as missing:
                 try:
                     _download(root)
-                except Exception as err:  # offline: explain what is missing, not the socket error
+                except Exception as err:  # offline: explain what is missing, not only the socket error
                     raise DataMissingError(
-                        f"{err if isinstance(err, DataMissingError) else ''}".strip()
-                        or f"could not download MNIST/Fashion-MNIST into {root} ({type(err).__name__}: {err})"
+                        f"{missing}\n(downloading into {root} failed: {type(err).__name__}: {err})"
                     ) from None
                 digits, labels, digit_files = load_mnist_idx(root)
                 tshirt, tshirt_file = load_fashion_tshirt(root)

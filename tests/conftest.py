@@ -1,0 +1,28 @@
+"""Shared fixtures: an isolated artefact cache and the smoke-tier run every e2e test reuses."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def smoke_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A private UNLEARNBENCH_CACHE for the whole session (smoke artefacts are trained into it)."""
+    path = tmp_path_factory.mktemp("cache")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("UNLEARNBENCH_CACHE", str(path))
+    yield path
+    mp.undo()
+
+
+@pytest.fixture(scope="session")
+def smoke_run(smoke_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The default benchmark at the smoke tier, all nine methods, run once per session."""
+    from unlearnbench.cli import main
+
+    out = tmp_path_factory.mktemp("smoke-results")
+    assert main(["run", "--tier", "smoke", "--out", str(out), "--no-progress"]) == 0
+    return out
