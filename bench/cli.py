@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(run)
     run.add_argument("--methods", type=_csv, default=None, help="comma-separated (default: all)")
     run.add_argument("--seeds", type=_seeds, default=None, help="e.g. 0,1,2 or 0-9 (default: the tier's seeds)")
-    run.add_argument("--out", type=Path, default=None, help="results folder (default results/<task>-<tier>)")
+    run.add_argument("--out", type=Path, default=None, help="results folder (default runs/<task>-<tier>)")
     run.add_argument("--base-model", default=None, help="diffusers UNet folder or hub id to unlearn")
     run.add_argument("--base-subfolder", default=None, help="subfolder of --base-model, e.g. unet_ema")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="SCOPE.NAME=VALUE",
@@ -48,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--metrics", type=_csv, default=None, help="comma-separated (default: the tier's)")
     run.add_argument("--inception-weights", default=None, help=f"path to torch-fidelity's Inception-v3 weights")
     run.add_argument("--eval-every", type=int, default=0, help="evaluate the forget rate every N unlearning steps")
+    run.add_argument("--overwrite", action="store_true", help="rerun every cell, replacing finished records")
+    run.add_argument("--retry-failed", action="store_true", help="rerun cells whose record says failed")
     ls = sub.add_parser("ls", help="list methods, tasks or metrics")
     ls.add_argument("what", choices=("methods", "tasks", "metrics"))
     prep = sub.add_parser("prepare", help="train and cache base model, retrain oracle and classifier")
@@ -105,7 +107,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                       data_root=args.data_root, base_model=args.base_model, base_subfolder=args.base_subfolder,
                       device=args.device, overrides=parse_overrides(args.overrides), metrics=args.metrics,
                       inception_weights=args.inception_weights, eval_every=args.eval_every,
-                      progress=not args.no_progress)
+                      progress=not args.no_progress, overwrite=args.overwrite, retry_failed=args.retry_failed)
     started = time.perf_counter()
     bench = Benchmark(opts, log=lambda s: print(s, file=sys.stderr, flush=True))
     records = bench.run()

@@ -40,12 +40,17 @@ class Metric:
     kind: str  # "sample" (needs generated images) or "cost" (reads the unlearning log)
     compute: Callable[..., MetricValue]
     version: int = 1
+    #: The regression gate's slack: a change worse than this (absolute, or relative to the baseline
+    #: mean when ``relative``) fails; None: informational only (e.g. machine-dependent wall-clock).
+    tolerance: float | None = None
+    relative: bool = False
 
 
 def register_metric(name: str, *, higher_is_better: bool, implementation: str, kind: str = "sample",
-                    version: int = 1) -> Callable[[Callable[..., MetricValue]], Callable[..., MetricValue]]:
+                    version: int = 1, tolerance: float | None = None,
+                    relative: bool = False) -> Callable[[Callable[..., MetricValue]], Callable[..., MetricValue]]:
     def decorator(fn: Callable[..., MetricValue]) -> Callable[..., MetricValue]:
-        METRICS.add(name, Metric(name, higher_is_better, implementation, kind, fn, version))
+        METRICS.add(name, Metric(name, higher_is_better, implementation, kind, fn, version, tolerance, relative))
         return fn
 
     return decorator
@@ -134,7 +139,7 @@ def _fidelity(ctx: EvalContext, extractor: str, weights: str, isc: bool, fid: bo
     return torch_fidelity.calculate_metrics(**kwargs)
 
 
-@register_metric("forget_rate", higher_is_better=False,
+@register_metric("forget_rate", higher_is_better=False, tolerance=0.01,
                  implementation="fraction of generated samples with L2 distance < 10 to the forget image "
                                 "(pixels in [0,1], 28x28 = 784-d): the SISS/ReTrack T-shirt frequency")
 def forget_rate(ctx: EvalContext) -> MetricValue:
@@ -144,6 +149,8 @@ def forget_rate(ctx: EvalContext) -> MetricValue:
 
 
 def _classifier_unavailable(ctx: EvalContext) -> MetricValue | None:
+    import unlearnbench.classifier  # noqa: F401  (registers the classifier as a torch-fidelity extractor)
+
     if ctx.classifier_dir is None:
         return MetricValue(None, available=False, reason="no classifier prepared: run `run_bench.py prepare`")
     if len(ctx.kept) < 10:
@@ -152,7 +159,7 @@ def _classifier_unavailable(ctx: EvalContext) -> MetricValue | None:
     return None
 
 
-@register_metric("is_clf", higher_is_better=True,
+@register_metric("is_clf", higher_is_better=True, tolerance=0.05, relative=True,
                  implementation="Inception-Score formula on the logits of the suite's MNIST classifier, 10 splits, "
                                 "non-forget samples only (torch-fidelity isc, registered classifier extractor; max 10)")
 def is_clf(ctx: EvalContext) -> MetricValue:
@@ -165,7 +172,7 @@ def is_clf(ctx: EvalContext) -> MetricValue:
                        extra={"std_over_splits": out["inception_score_std"]})
 
 
-@register_metric("fid_clf", higher_is_better=False,
+@register_metric("fid_clf", higher_is_better=False, tolerance=0.25, relative=True,
                  implementation="Frechet distance of the MNIST classifier's penultimate features, non-forget samples "
                                 "vs the retain digits (torch-fidelity fid, registered classifier extractor, float64)")
 def fid_clf(ctx: EvalContext) -> MetricValue:
@@ -211,7 +218,7 @@ def _online() -> bool:
         return False
 
 
-@register_metric("fid", higher_is_better=False,
+@register_metric("fid", higher_is_better=False, tolerance=0.10, relative=True,
                  implementation="Inception-v3 FID (torch-fidelity inception-v3-compat, 2048-d pool features, grayscale "
                                 "repeated to 3 channels), non-forget samples vs the retain set")
 def fid(ctx: EvalContext) -> MetricValue:
@@ -242,9 +249,9 @@ def _cost(key: str) -> Callable[..., MetricValue]:
 METRICS.add("unlearn_seconds", Metric("unlearn_seconds", False, "wall-clock of the unlearning method only "
             "(evaluation excluded, CUDA synchronised); retrain: the oracle's training time", "cost", _cost("seconds")))
 METRICS.add("unet_forward", Metric("unet_forward", False, "UNet forward passes in units of one batch-per-branch "
-            "(samples forwarded / batch size), counted by a forward hook", "cost", _cost("unet_forward")))
+            "(samples forwarded / batch size), counted by a forward hook", "cost", _cost("unet_forward"), tolerance=0.0))
 METRICS.add("unet_backward", Metric("unet_backward", False, "UNet backward passes in units of one batch-per-branch, "
-            "counted by a gradient hook on the UNet output", "cost", _cost("unet_backward")))
+            "counted by a gradient hook on the UNet output", "cost", _cost("unet_backward"), tolerance=0.0))
 
 
 def _deletion_step(log: Any) -> MetricValue:

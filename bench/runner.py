@@ -15,7 +15,7 @@ from torchvision.utils import save_image
 
 from unlearnbench.artifacts import Artifacts, cache_dir, prepare
 from unlearnbench.io import atomic_write_json, atomic_write_text
-from unlearnbench.loop import DivergenceError, LoopConfig
+from unlearnbench.loop import LoopConfig
 from unlearnbench.method import UnlearnJob
 from unlearnbench.metrics import EvalContext, MetricValue
 from unlearnbench.registry import METHODS, METRICS, TASKS, load_all
@@ -60,6 +60,8 @@ class RunOptions:
     inception_weights: str | None = None
     eval_every: int = 0
     progress: bool = True
+    overwrite: bool = False  # rerun every cell, replacing its record
+    retry_failed: bool = False  # rerun cells whose record says failed
 
 
 def resolve_device(name: str) -> torch.device:
@@ -104,7 +106,7 @@ class Benchmark:
         if opts.eval_every and "deletion_step" not in self.metric_names:
             self.metric_names.append("deletion_step")
         self.device = resolve_device(opts.device)
-        self.out = Path(opts.out or Path("results") / f"{self.task_name}-{self.tier.name}")
+        self.out = Path(opts.out or Path("runs") / f"{self.task_name}-{self.tier.name}")
         self.artifacts = Artifacts(self.task, self.tier, opts.base_model, opts.base_subfolder)
         self._data: TaskData | None = None
 
@@ -165,7 +167,8 @@ class Benchmark:
     def run(self) -> list[dict[str, Any]]:
         """Run every missing cell; return all records of this plan (finished ones reused)."""
         plans = self.plan()
-        todo = [p for p in plans if not p.path.exists()]
+        remove_stale_temporaries(self.out / "records")
+        todo = [p for p in plans if self._needs_run(p)]
         self.log(f"{self.task_name}/{self.tier.name}: {len(plans)} cells, {len(plans) - len(todo)} already done, "
                  f"results in {self.out}")
         if todo:
@@ -175,6 +178,11 @@ class Benchmark:
                 record = self.run_cell(plan, base, base_info)
                 atomic_write_json(plan.path, record)
         return [_read(p.path) for p in plans]
+
+    def _needs_run(self, plan: CellPlan) -> bool:
+        if self.opts.overwrite or not plan.path.exists():
+            return True
+        return self.opts.retry_failed and _read(plan.path).get("status") != "ok"
 
     def run_cell(self, plan: CellPlan, base: Any, base_info: dict[str, Any]) -> dict[str, Any]:
         method = METHODS.get(plan.cell["method"])()
@@ -213,7 +221,7 @@ class Benchmark:
                              "evaluations": result.log.evaluations},
                 "notes": result.notes,
             })
-        except (DivergenceError, RuntimeError, ValueError) as err:
+        except Exception as err:  # one broken cell must not stop the grid; the record keeps why
             record.update({"status": "failed", "error": f"{type(err).__name__}: {err}",
                            "traceback": traceback.format_exc()})
             self.log(f"  failed: {err}")
@@ -250,6 +258,12 @@ class Benchmark:
             return {"forget_rate": METRICS.get("forget_rate").compute(ctx).value, "n_samples": len(samples)}
 
         return evaluate
+
+
+def remove_stale_temporaries(folder: Path) -> None:
+    """Delete temporary files left by a run killed in the middle of an atomic write."""
+    for tmp in folder.glob(".*.tmp") if folder.exists() else []:
+        tmp.unlink(missing_ok=True)
 
 
 def _read(path: Path) -> dict[str, Any]:

@@ -58,7 +58,7 @@ def run_tuning(args: Any) -> int:
     task_name = TASKS.canonical(args.task)
     tier = TASKS.get(task_name).tier(args.tier or TASKS.get(task_name).default_tier)
     methods = [METHODS.canonical(m) for m in (args.methods or METHODS.names()) if METHODS.get(m).finetunes]
-    work = Path("results") / "tuning" / f"{task_name}-{tier.name}"
+    work = Path("runs") / "tuning" / f"{task_name}-{tier.name}"
 
     def run(method: str, lr: float | None) -> dict[str, Any]:
         overrides = {method: {"lr": lr}} if lr is not None else {}

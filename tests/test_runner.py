@@ -103,3 +103,46 @@ def test_record_config_is_what_the_hash_names(smoke_run: Path) -> None:
         rec = json.loads(path.read_text())
         assert config_hash(rec["config"]) == rec["config_hash"]
         assert rec["config_hash"][:12] in path.name
+
+
+def test_retry_failed_reruns_only_failed_cells(smoke_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with monkeypatch.context() as mp:
+        mp.setattr(METHODS.get("neggrad"), "loss", lambda self, ctx, batch: torch.tensor(float("inf"), requires_grad=True))
+        assert main(["run", "--tier", "smoke", "--out", str(tmp_path), "--no-progress", "--methods", "neggrad,naive_deletion"]) == 1
+    ok_before = next((tmp_path / "records").glob("*naive_deletion*")).read_bytes()
+    assert main(["run", "--tier", "smoke", "--out", str(tmp_path), "--no-progress", "--methods", "neggrad,naive_deletion"]) == 1
+    assert main(["run", "--tier", "smoke", "--out", str(tmp_path), "--no-progress", "--methods", "neggrad,naive_deletion",
+                 "--retry-failed"]) == 0
+    records = _records(tmp_path)
+    assert len(records) == 2 and all(r["status"] == "ok" for r in records)
+    assert next((tmp_path / "records").glob("*naive_deletion*")).read_bytes() == ok_before
+    assert main(["run", "--tier", "smoke", "--out", str(tmp_path), "--no-progress", "--methods", "naive_deletion",
+                 "--overwrite"]) == 0
+    assert len(_records(tmp_path)) == 2
+
+
+def test_a_run_killed_mid_way_resumes_with_one_record_per_cell(smoke_run: Path, smoke_cache: Path, tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    repo = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, str(repo / "run_bench.py"), "run", "--tier", "smoke", "--seeds", "0-2",
+           "--methods", "naive_deletion,neggrad", "--out", str(tmp_path), "--no-progress"]
+    env = {**os.environ, "UNLEARNBENCH_CACHE": str(smoke_cache), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    records = tmp_path / "records"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (records.exists() and any(records.glob("*.json"))):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = len(list(records.glob("*.json")))
+    assert 1 <= done_before < 6, "the kill must land mid-grid"
+    assert subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0
+    files = sorted(records.iterdir())
+    assert len(files) == 6 and all(not f.name.startswith(".") for f in files)
+    cells = [(r["cell"]["method"], r["cell"]["seed"]) for r in _records(tmp_path)]
+    assert sorted(cells) == sorted((m, s) for m in ("naive_deletion", "neggrad") for s in range(3))

@@ -1,0 +1,213 @@
+"""Figures of the leaderboard (``run_bench.py report``): matplotlib, Agg, PNG, byte-reproducible.
+
+Every function takes plain data (no records), writes one PNG and returns its path, or returns
+``None`` — after appending the reason to ``skipped`` and removing a stale PNG of the same name —
+when its inputs are absent (no forget rate, no ``training.evaluations``, no sample grids).
+
+Determinism: figures are drawn on a bare ``Figure`` + Agg canvas (no pyplot state, no global
+backend switch) under matplotlib's default style with a fixed font, dpi and hash salt, and saved
+with ``metadata={"Software": None}``, so the same inputs give the same bytes.
+"""
+from __future__ import annotations
+
+import io
+import math
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Mapping, Sequence
+
+import matplotlib
+import matplotlib.style
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+DPI = 100
+RC = {
+    "svg.hashsalt": "unlearnbench",
+    "font.family": "DejaVu Sans",  # ships with matplotlib: the same glyphs on every machine
+    "font.size": 9,
+    "figure.dpi": DPI,
+    "savefig.dpi": DPI,
+    "text.usetex": False,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+}
+MARKERS = ("o", "s", "D", "^", "v", "P", "X", "<", ">", "h", "*", "p")
+
+#: (mean, std) of one metric for one leaderboard row; None where the row has no value.
+Stat = tuple[float, float] | None
+
+
+@contextmanager
+def _style() -> Iterator[None]:
+    with matplotlib.style.context("default"), matplotlib.rc_context(RC):
+        yield
+
+
+def _colour(i: int) -> tuple[float, float, float, float]:
+    return matplotlib.colormaps["tab10"](i % 10)
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` atomically (temporary file in the same folder, fsync, rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None}, facecolor="white")
+    write_bytes(path, buf.getvalue())
+    return path
+
+
+def _skip(path: Path, reason: str, skipped: list[str] | None) -> None:
+    path.unlink(missing_ok=True)  # never leave a stale figure from an earlier report behind
+    if skipped is not None:
+        skipped.append(reason)
+
+
+def pareto_front(points: Mapping[str, tuple[float, float]], x_higher_is_better: bool,
+                 y_higher_is_better: bool) -> list[str]:
+    """The non-dominated labels, ordered by x: no other point is at least as good on both axes
+    and strictly better on one (each axis in its own declared direction)."""
+    sign = (-1.0 if x_higher_is_better else 1.0, -1.0 if y_higher_is_better else 1.0)
+    cost = {k: (sign[0] * x, sign[1] * y) for k, (x, y) in points.items()}
+    front = [k for k, (a, b) in cost.items()
+             if not any(c <= a and d <= b and (c < a or d < b) for j, (c, d) in cost.items() if j != k)]
+    return sorted(front, key=lambda k: (points[k][0], points[k][1], k))
+
+
+def _arrow(higher_is_better: bool | None) -> str:
+    return "" if higher_is_better is None else (" ↑" if higher_is_better else " ↓")
+
+
+def tradeoff_figure(stats: Mapping[str, Mapping[str, Stat]], directions: Mapping[str, bool | None],
+                    path: Path, title: str = "", skipped: list[str] | None = None) -> Path | None:
+    """Forget rate (x, %) against quality: one panel for ``fid`` (when any row has it) or else
+    ``fid_clf``, one for ``is_clf``; a point per row at its seed mean, error bars = seed std, the
+    Pareto front of each panel drawn as a line.
+
+    ``stats``: row label -> metric -> (mean, std) or None, in leaderboard row order.
+    """
+    def has(metric: str) -> bool:
+        return any(s.get(metric) is not None for s in stats.values())
+
+    if not has("forget_rate") or directions.get("forget_rate") is None:
+        _skip(path, "trade-off plot: no forget_rate values", skipped)
+        return None
+    fid = "fid" if has("fid") else "fid_clf"
+    panels = [m for m in (fid, "is_clf") if has(m) and directions.get(m) is not None]
+    if not panels:
+        _skip(path, "trade-off plot: no fid, fid_clf or is_clf values", skipped)
+        return None
+    labels = list(stats)
+    with _style():
+        fig = Figure(figsize=(5.2 * len(panels), 4.6), layout="constrained")
+        axes = fig.subplots(1, len(panels), squeeze=False)[0]
+        handles: dict[str, object] = {}
+        for ax, metric in zip(axes, panels):
+            points: dict[str, tuple[float, float]] = {}
+            for i, label in enumerate(labels):
+                fr, q = stats[label].get("forget_rate"), stats[label].get(metric)
+                if fr is None or q is None:
+                    continue
+                points[label] = (100 * fr[0], q[0])
+                h = ax.errorbar(100 * fr[0], q[0], xerr=100 * fr[1], yerr=q[1], fmt=MARKERS[i % len(MARKERS)],
+                                color=_colour(i), ecolor=_colour(i), capsize=3, markersize=7, linestyle="none",
+                                label=label)
+                handles.setdefault(label, h)
+            front = pareto_front(points, bool(directions.get("forget_rate")), bool(directions[metric]))
+            if front:
+                (line,) = ax.plot([points[k][0] for k in front], [points[k][1] for k in front], "--", color="0.35",
+                                  linewidth=1.2, zorder=0, label="Pareto front")
+                handles.setdefault("Pareto front", line)
+            ax.set_xlabel(f"forget rate (%){_arrow(directions.get('forget_rate'))}")
+            ax.set_ylabel(f"{metric}{_arrow(directions[metric])}")
+            ax.set_title(f"forget rate vs {metric}")
+        fig.legend(list(handles.values()), list(handles), loc="outside lower center",
+                   ncol=min(len(handles), 5), frameon=False)
+        if title:
+            fig.suptitle(title)
+        return _save(fig, path)
+
+
+def samples_figure(grids: Mapping[str, Path | None], path: Path, title: str = "",
+                   skipped: list[str] | None = None) -> Path | None:
+    """One panel per row: the sample grid PNG of its first seed, titled with the row label."""
+    from PIL import Image
+
+    present = {label: p for label, p in grids.items() if p is not None and Path(p).is_file()}
+    missing = [label for label in grids if label not in present]
+    if not present:
+        _skip(path, "sample grids: no record's sample_grid PNG was found", skipped)
+        return None
+    if missing and skipped is not None:
+        skipped.append(f"sample grids: no PNG for {', '.join(missing)}")
+    ncols = min(len(present), 5)
+    nrows = math.ceil(len(present) / ncols)
+    with _style():
+        fig = Figure(figsize=(2.6 * ncols, 2.9 * nrows + (0.3 if title else 0)), layout="constrained")
+        axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+        for ax, (label, png) in zip(axes, present.items()):
+            with Image.open(png) as im:
+                pixels = np.asarray(im.convert("RGB"))
+            ax.imshow(pixels, interpolation="nearest")
+            ax.set_title(label, fontsize=9)
+        for ax in axes:
+            ax.set_axis_off()
+        if title:
+            fig.suptitle(title)
+        return _save(fig, path)
+
+
+def forget_curve_figure(curves: Mapping[str, Sequence[Sequence[Mapping[str, float]]]], path: Path,
+                        references: Mapping[str, float] | None = None, title: str = "",
+                        skipped: list[str] | None = None, higher_is_better: bool | None = None) -> Path | None:
+    """Forget rate (%) against unlearning step: per row, the mean over seeds at each evaluated
+    step with a ±std band. ``curves``: label -> one list of ``{step, forget_rate}`` per seed;
+    ``references``: label -> forget rate drawn as a horizontal dashed line (pretrain, retrain)."""
+    usable = {label: seeds for label, seeds in curves.items()
+              if any(ev.get("forget_rate") is not None for evs in seeds for ev in evs)}
+    if not usable:
+        _skip(path, "forget rate vs step: no record has training.evaluations (run with --eval-every N)", skipped)
+        return None
+    with _style():
+        fig = Figure(figsize=(7.0, 4.4), layout="constrained")
+        ax = fig.subplots()
+        for i, label in enumerate(curves):
+            if label not in usable:
+                continue
+            by_step: dict[int, list[float]] = {}
+            for evs in usable[label]:
+                for ev in evs:
+                    if ev.get("forget_rate") is not None:
+                        by_step.setdefault(int(ev["step"]), []).append(100 * float(ev["forget_rate"]))
+            steps = sorted(by_step)
+            mean = np.array([np.mean(by_step[s]) for s in steps])
+            std = np.array([np.std(by_step[s]) for s in steps])
+            ax.plot(steps, mean, marker=MARKERS[i % len(MARKERS)], color=_colour(i), label=label, markersize=4)
+            ax.fill_between(steps, mean - std, mean + std, color=_colour(i), alpha=0.15, linewidth=0)
+        for j, (label, value) in enumerate((references or {}).items()):
+            ax.axhline(100 * value, linestyle=(0, (4, 2 + 2 * j)), color=str(0.2 + 0.3 * j), linewidth=1,
+                       label=f"{label} (no unlearning steps)")
+        ax.set_xlabel("unlearning step")
+        ax.set_ylabel(f"forget rate (%){_arrow(higher_is_better)}")
+        ax.set_ylim(bottom=0)
+        ax.legend(loc="best", frameon=False)
+        if title:
+            ax.set_title(title)
+        return _save(fig, path)

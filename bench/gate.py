@@ -1,0 +1,261 @@
+"""Regression gate: compare a results folder with a stored baseline, per (task, tier, method, metric).
+
+``run_bench.py check --results DIR --baseline FILE [--update]`` calls :func:`check_main`.
+
+Every metric registered in ``METRICS`` declares its direction (``higher_is_better``) and the gate's
+slack (``tolerance``: absolute, or relative to the baseline mean when ``relative``; ``None``: the
+metric is informational, e.g. machine-dependent wall-clock, and never fails). A cell is a
+*regression* when its mean over seeds is worse than the baseline's by more than the slack and, when
+both sides have at least :data:`MIN_SEEDS_FOR_TEST` values, a one-sided Welch t-test says the change
+is significant (``p < alpha``). Exact metrics (``tolerance == 0``, e.g. pass counts) are
+deterministic, so any worsening fails without a test. A baseline cell with no current values is
+*missing*, which fails too: the gate must not pass because a method stopped producing results.
+
+Baseline file (JSON, sorted keys, indent 2, written atomically)::
+
+    {"schema": 1, "alpha": 0.05,
+     "cells": {"<task>/<tier>/<method>/<metric>": {"values": [...], "seeds": [...], "mean": ...,
+                                                   "higher_is_better": ..., "tolerance": ...,
+                                                   "relative": ...}}}
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from unlearnbench.io import atomic_write_json
+from unlearnbench.registry import METRICS, load_all
+from unlearnbench.results import load_records
+
+BASELINE_SCHEMA = 1
+#: Both sides need at least this many seeds for the Welch test; with fewer, only the tolerance decides.
+MIN_SEEDS_FOR_TEST = 3
+#: Verdicts that make the gate fail.
+FAILING = ("regression", "missing")
+
+Key = tuple[str, str, str, str]  # (task, tier, method, metric)
+
+
+@dataclass
+class Cell:
+    """The current values of one (task, tier, method, metric), ordered by seed."""
+
+    seeds: list[Any]
+    values: list[float]
+    higher_is_better: bool | None  # as the records declare it (used only for unregistered metrics)
+
+
+@dataclass
+class Row:
+    """One line of the gate's table."""
+
+    key: Key
+    baseline_mean: float | None
+    current_mean: float | None
+    delta: float | None  # current − baseline (signed, in the metric's own units)
+    allowed: float | None  # the slack in the metric's units; None for informational metrics
+    p_value: float | None  # one-sided Welch p; None when the test was not run
+    verdict: str  # regression | missing | improved | ok | info | new
+
+
+def _key_str(key: Key) -> str:
+    return "/".join(key)
+
+
+def _parse_key(text: str) -> Key:
+    parts = text.split("/")
+    if len(parts) != 4:
+        raise ValueError(f"baseline key {text!r} is not <task>/<tier>/<method>/<metric>")
+    return parts[0], parts[1], parts[2], parts[3]
+
+
+def _mean(values: list[float]) -> float:
+    return math.fsum(values) / len(values)  # exactly rounded: independent of the order of seeds
+
+
+def _seed_order(seed: Any) -> tuple[int, Any]:
+    return (0, seed) if isinstance(seed, (int, float)) else (1, str(seed))
+
+
+def collect(results: Path) -> tuple[dict[Key, Cell], list[str]]:
+    """Group the ``ok`` records under ``results`` (recursively) into cells; also return notes
+    (failed records ignored, duplicate seeds resolved) worth printing."""
+    notes: list[str] = []
+    chosen: dict[tuple[str, str, str, Any], dict[str, Any]] = {}
+    failed: list[str] = []
+    for rec in load_records(results):
+        c = rec["cell"]
+        cell_id = (str(c["task"]), str(c["tier"]), str(c["method"]), c["seed"])
+        if rec.get("status") != "ok":
+            failed.append(f"{'/'.join(map(str, cell_id[:3]))} seed {cell_id[3]}: {rec.get('error', 'failed')}")
+            continue
+        if cell_id in chosen:
+            older, newer = sorted([chosen[cell_id], rec], key=lambda r: str(r.get("created_at", "")))
+            notes.append(f"two ok records for {'/'.join(map(str, cell_id[:3]))} seed {cell_id[3]} "
+                         f"(configs {str(older.get('config_hash', '?'))[:12]} and "
+                         f"{str(newer.get('config_hash', '?'))[:12]}): using the newer one")
+            rec = newer
+        chosen[cell_id] = rec
+    if failed:
+        more = f"; ... ({len(failed) - 5} more)" if len(failed) > 5 else ""
+        notes.append(f"{len(failed)} failed record(s) ignored: " + "; ".join(failed[:5]) + more)
+
+    cells: dict[Key, Cell] = {}
+    for (task, tier, method, seed) in sorted(chosen, key=lambda k: (*k[:3], _seed_order(k[3]))):
+        for name, m in sorted((chosen[(task, tier, method, seed)].get("metrics") or {}).items()):
+            value = m.get("value") if isinstance(m, dict) else None
+            if value is None:
+                continue
+            cell = cells.setdefault((task, tier, method, name), Cell([], [], m.get("higher_is_better")))
+            cell.seeds.append(seed)
+            cell.values.append(float(value))
+    return cells, notes
+
+
+def _rule(metric: str, stored: dict[str, Any] | None, record_hib: bool | None) -> tuple[bool, float | None, bool]:
+    """(higher_is_better, tolerance, relative): from the registry, else the baseline's stored values,
+    else the records' declared direction with no tolerance (informational)."""
+    if metric in METRICS:
+        m = METRICS.get(metric)
+        return bool(m.higher_is_better), m.tolerance, bool(m.relative)
+    if stored is not None:
+        return bool(stored.get("higher_is_better")), stored.get("tolerance"), bool(stored.get("relative", False))
+    return bool(record_hib), None, False
+
+
+def build_baseline(cells: dict[Key, Cell], alpha: float) -> dict[str, Any]:
+    """The baseline document for ``cells`` (deterministic: no timestamps, seeds in order)."""
+    out: dict[str, Any] = {}
+    for key, cell in sorted(cells.items()):
+        hib, tol, rel = _rule(key[3], None, cell.higher_is_better)
+        out[_key_str(key)] = {"values": list(cell.values), "seeds": list(cell.seeds), "mean": _mean(cell.values),
+                              "higher_is_better": hib, "tolerance": tol, "relative": rel}
+    return {"schema": BASELINE_SCHEMA, "alpha": alpha, "cells": out}
+
+
+def _welch_p(current: list[float], baseline: list[float], higher_is_better: bool) -> float:
+    from scipy import stats
+
+    # H1: the current distribution is worse (lower when higher is better, higher otherwise).
+    with warnings.catch_warnings():  # near-constant samples: scipy warns about precision, the p is still usable
+        warnings.simplefilter("ignore", RuntimeWarning)
+        res = stats.ttest_ind(current, baseline, equal_var=False,
+                              alternative="less" if higher_is_better else "greater")
+    return float(res.pvalue)
+
+
+def _var_zero(values: list[float]) -> bool:
+    return all(v == values[0] for v in values)
+
+
+def compare_cell(key: Key, stored: dict[str, Any], cell: Cell | None, alpha: float) -> Row:
+    """The verdict for one baseline cell."""
+    base_values = [float(v) for v in stored.get("values", [])]
+    base_mean = _mean(base_values) if base_values else stored.get("mean")
+    hib, tol, rel = _rule(key[3], stored, cell.higher_is_better if cell else None)
+    if cell is None or not cell.values:
+        return Row(key, base_mean, None, None, None, None, "missing")
+    cur_mean = _mean(cell.values)
+    delta = cur_mean - base_mean if base_mean is not None else None
+    if tol is None:
+        return Row(key, base_mean, cur_mean, delta, None, None, "info")
+    if base_mean is None:  # a stored cell without values: nothing to compare with
+        return Row(key, None, cur_mean, None, None, None, "new")
+    allowed = tol * abs(base_mean) if rel else tol
+    if math.isnan(cur_mean) and not math.isnan(base_mean):  # a metric that became NaN is a regression
+        return Row(key, base_mean, cur_mean, delta, allowed, None, "regression")
+    worse_by = (base_mean - cur_mean) if hib else (cur_mean - base_mean)
+    p: float | None = None
+    if worse_by > allowed:
+        significant = True
+        exact = tol == 0.0  # deterministic counts: any worsening fails, no test
+        if not exact and len(cell.values) >= MIN_SEEDS_FOR_TEST and len(base_values) >= MIN_SEEDS_FOR_TEST:
+            if _var_zero(cell.values) and _var_zero(base_values):
+                significant = True  # both constant: the t statistic is undefined, the shift is certain
+            else:
+                p = _welch_p(cell.values, base_values, hib)
+                significant = p < alpha if not math.isnan(p) else True
+        return Row(key, base_mean, cur_mean, delta, allowed, p, "regression" if significant else "ok")
+    if -worse_by > allowed:
+        return Row(key, base_mean, cur_mean, delta, allowed, None, "improved")
+    return Row(key, base_mean, cur_mean, delta, allowed, None, "ok")
+
+
+def compare(baseline: dict[str, Any], cells: dict[Key, Cell], alpha: float) -> list[Row]:
+    """A row for every baseline cell and every new current cell, sorted by key."""
+    stored_cells: dict[Key, dict[str, Any]] = {_parse_key(k): v for k, v in baseline.get("cells", {}).items()}
+    rows = [compare_cell(key, stored, cells.get(key), alpha) for key, stored in stored_cells.items()]
+    for key, cell in cells.items():
+        if key not in stored_cells:
+            rows.append(Row(key, None, _mean(cell.values), None, None, None, "new"))  # reported, never fails
+    return sorted(rows, key=lambda r: r.key)
+
+
+def _fmt(x: float | None, spec: str = ".6g") -> str:
+    return "–" if x is None else format(x, spec)
+
+
+def format_table(rows: list[Row]) -> str:
+    from tabulate import tabulate
+
+    body = [[*r.key, _fmt(r.baseline_mean), _fmt(r.current_mean), _fmt(r.delta, "+.4g"), _fmt(r.allowed, ".4g"),
+             _fmt(r.p_value, ".3g"), r.verdict] for r in rows]
+    headers = ["task", "tier", "method", "metric", "baseline", "current", "Δ", "allowed", "p", "verdict"]
+    return tabulate(body, headers=headers, tablefmt="github", disable_numparse=True)
+
+
+def summarize(rows: list[Row]) -> tuple[str, bool]:
+    counts = {v: sum(r.verdict == v for r in rows) for v in ("regression", "missing", "improved", "ok", "info", "new")}
+    failed = any(counts[v] for v in FAILING)
+    parts = ", ".join(f"{n} {v}" for v, n in counts.items())
+    return f"gate {'FAILED' if failed else 'passed'}: {len(rows)} cells: {parts}", failed
+
+
+def check_main(results: Path, baseline: Path, update: bool = False, alpha: float = 0.05) -> int:
+    """Compare ``results`` with ``baseline`` (or rewrite the baseline with ``update``); the exit code:
+    0 pass, 1 a regression or a missing cell, 2 unusable input."""
+    load_all()
+    results, baseline = Path(results), Path(baseline)
+    if not results.is_dir():
+        print(f"check: results folder {results} does not exist", file=sys.stderr)
+        return 2
+    cells, notes = collect(results)
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+
+    if update:
+        if not cells:
+            print(f"check --update: no ok results under {results}; refusing to write an empty baseline",
+                  file=sys.stderr)
+            return 2
+        atomic_write_json(baseline, build_baseline(cells, alpha))
+        print(f"baseline {baseline} written: {len(cells)} cells from {results}")
+        return 0
+
+    if not baseline.is_file():
+        print(f"check: no baseline {baseline} (write one with --update)", file=sys.stderr)
+        return 2
+    try:
+        doc = json.loads(baseline.read_text())
+    except json.JSONDecodeError as err:
+        print(f"check: baseline {baseline} is not JSON: {err}", file=sys.stderr)
+        return 2
+    if not isinstance(doc, dict) or doc.get("schema") != BASELINE_SCHEMA or not isinstance(doc.get("cells"), dict):
+        print(f"check: {baseline} is not a schema-{BASELINE_SCHEMA} baseline", file=sys.stderr)
+        return 2
+    try:
+        rows = compare(doc, cells, alpha)
+    except ValueError as err:
+        print(f"check: {err}", file=sys.stderr)
+        return 2
+
+    print(format_table(rows))
+    line, failed = summarize(rows)
+    print()
+    print(f"{line} (baseline {baseline}, alpha {alpha:g})")
+    return 1 if failed else 0

@@ -1,0 +1,603 @@
+"""The leaderboard (``run_bench.py report --results DIR [--out DIR]``).
+
+Reads every result record under a results folder, ignores failed cells (listing them), and writes
+one leaderboard per (task, tier) — one row per method, mean ± population std over seeds per
+metric with the direction each record declares, the difference of the mean to ``pretrain`` and to
+the ``retrain`` oracle for the sample-quality metrics, the number of seeds, and a header saying how
+every number was computed — as Markdown, LaTeX (booktabs), CSV and a self-contained HTML page with
+the figures of ``unlearnbench.figures`` embedded.
+
+Every output is a pure function of the records (no timestamps, no absolute paths, sorted orders,
+reproducible PNGs): reporting twice gives byte-identical files.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import html
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import pandas as pd
+from tabulate import tabulate
+
+from unlearnbench import figures
+from unlearnbench.results import load_records, record_name
+
+METHOD_ORDER = ("pretrain", "naive_deletion", "neggrad", "erasediff", "siss", "siss_no_is", "retrack",
+                "retrack_all", "retrain")
+METRIC_ORDER = ("forget_rate", "fid_clf", "fid", "is_clf", "deletion_step", "unlearn_seconds", "unet_forward",
+                "unet_backward")
+#: Sample-quality metrics that get Δ-to-reference columns.
+QUALITY = ("forget_rate", "fid_clf", "fid", "is_clf")
+#: (method, short name used in CSV columns): the rows the Δ columns compare against.
+REFERENCES = (("pretrain", "pretrain"), ("retrain", "retrain"))
+PERCENT = {"forget_rate"}
+NOT_UNLEARNING = {"pretrain", "retrain"}  # excluded from the "best" highlighting
+FIGURE_KINDS = ("tradeoff", "samples", "forget_curve")
+TITLE = "unlearnbench leaderboard"
+LEGEND = ("mean ± population std (ddof = 0) over seeds; forget_rate in %; ↑/↓: higher/lower is better, as declared "
+          "in the records; Δ m vs pretrain / vs retrain: the row's mean minus the pretrain row's / the retrain "
+          "oracle's mean (forget rate in percentage points, pp); bold: the best mean among the unlearning methods "
+          "(pretrain and retrain excluded).")
+
+
+# --------------------------------------------------------------------------------------------- data
+
+
+@dataclass
+class Row:
+    """One leaderboard row: a method (one resolved configuration of it) over its seeds."""
+
+    label: str
+    method: str
+    ok: list[tuple[dict[str, Any], Path | None]]  # (record, its file), sorted by seed
+    failed: list[dict[str, Any]] = field(default_factory=list)
+    stats: dict[str, tuple[float, float, int]] = field(default_factory=dict)  # metric -> (mean, std, n)
+
+    def mean(self, metric: str) -> float:
+        return self.stats.get(metric, (float("nan"), float("nan"), 0))[0]
+
+
+@dataclass
+class Group:
+    task: str
+    tier: str
+    rows: list[Row]
+    metrics: list[str]
+    directions: dict[str, bool | None]
+    deltas: list[tuple[str, str]]  # (metric, reference method)
+    header: list[tuple[str, str]]  # (field, text)
+    metric_info: list[str]
+    failed: list[dict[str, Any]]
+    notes: list[str]
+    figures: dict[str, Path | None] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
+
+    @property
+    def slug(self) -> str:
+        return _slug(f"{self.task}__{self.tier}")
+
+    @property
+    def title(self) -> str:
+        return f"{self.task} / tier {self.tier}"
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text)
+
+
+def _load(results: Path) -> list[tuple[dict[str, Any], Path | None]]:
+    """Every record under ``results`` (``load_records``), each with the file it came from; copies
+    of one cell (the same ``config_hash`` in several places) count once."""
+    by_name: dict[str, list[Path]] = {}
+    for path in sorted(results.rglob("*.json")):
+        by_name.setdefault(path.name, []).append(path)
+    out, seen = [], set()
+    for rec in load_records(results):
+        key = rec.get("config_hash") or json.dumps([rec["cell"], rec.get("created_at")], sort_keys=True, default=str)
+        if key in seen:
+            continue
+        seen.add(key)
+        paths = by_name.get(record_name(rec["cell"], rec["config_hash"]), []) if rec.get("config_hash") else []
+        out.append((rec, paths[0] if paths else None))
+    return out
+
+
+def _flatten(obj: Any, prefix: str = "") -> dict[str, str]:
+    if isinstance(obj, dict) and obj:
+        out: dict[str, str] = {}
+        for key in sorted(obj):
+            out.update(_flatten(obj[key], f"{prefix}{key}."))
+        return out
+    value = obj if isinstance(obj, str) else json.dumps(obj, sort_keys=True, default=str)
+    return {prefix.rstrip("."): value}
+
+
+def _variant(rec: dict[str, Any]) -> str:
+    """The hash of a record's config without its seed: records of one variant are seeds of one row."""
+    config = {k: v for k, v in (rec.get("config") or {}).items() if k != "seed"}
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _variant_labels(method: str, configs: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """Row labels: the method name, plus the settings that differ when it ran in several configs."""
+    if len(configs) == 1:
+        return {key: method for key in configs}
+    flat = {key: _flatten({k: v for k, v in cfg.items() if k != "seed"}) for key, cfg in configs.items()}
+    keys = sorted(set().union(*flat.values()))
+    differ = [k for k in keys if len({f.get(k, "—") for f in flat.values()}) > 1]
+    own = [k for k in differ if not k.startswith(("user_overrides.", "tuned_overrides."))] or differ
+    labels = {}
+    for key, f in flat.items():
+        text = ", ".join(f"{k}={f.get(k, '—')}" for k in own)
+        labels[key] = f"{method} [{text if len(text) <= 60 else 'config ' + key[:8]}]"
+    if len(set(labels.values())) < len(labels):
+        labels = {key: f"{method} [config {key[:8]}]" for key in configs}
+    return labels
+
+
+def _order(method: str) -> tuple[int, str]:
+    return (METHOD_ORDER.index(method), "") if method in METHOD_ORDER else (len(METHOD_ORDER), method)
+
+
+def _distinct(values: Iterable[Any]) -> str:
+    return ", ".join(sorted({str(v) for v in values if v is not None and v != ""})) or "n/a"
+
+
+def _build_group(task: str, tier: str, items: list[tuple[dict[str, Any], Path | None]]) -> Group:
+    ok = [(r, p) for r, p in items if r.get("status") == "ok"]
+    failed = sorted((r for r, _ in items if r.get("status") != "ok"),
+                    key=lambda r: (_order(r["cell"]["method"]), r["cell"]["seed"]))
+    notes: list[str] = []
+
+    # rows: one per (method, config without seed)
+    by_method: dict[str, dict[str, list[tuple[dict[str, Any], Path | None]]]] = {}
+    for rec, path in ok:
+        by_method.setdefault(rec["cell"]["method"], {}).setdefault(_variant(rec), []).append((rec, path))
+    rows: list[Row] = []
+    for method in sorted(by_method, key=_order):
+        variants = by_method[method]
+        labels = _variant_labels(method, {k: v[0][0].get("config") or {} for k, v in variants.items()})
+        for key in sorted(variants, key=lambda k: labels[k]):
+            recs = sorted(variants[key], key=lambda rp: (rp[0]["cell"]["seed"], rp[0].get("config_hash", "")))
+            mine_failed = [r for r in failed if r["cell"]["method"] == method and _variant(r) == key]
+            rows.append(Row(labels[key], method, recs, mine_failed))
+        if len(variants) > 1:
+            notes.append(f"{method} ran in {len(variants)} configurations: one row each")
+
+    # metrics, in a fixed order, with the direction the records declare
+    names: set[str] = set()
+    for rec, _ in ok:
+        names |= set(rec.get("metrics", {}))
+    metrics = [m for m in METRIC_ORDER if m in names] + sorted(names - set(METRIC_ORDER))
+    directions: dict[str, bool | None] = {}
+    metric_info: list[str] = []
+    for m in metrics:
+        entries = [rec["metrics"][m] for rec, _ in ok if m in rec.get("metrics", {})]
+        declared = {e["higher_is_better"] for e in entries if e.get("higher_is_better") is not None}
+        directions[m] = declared.pop() if len(declared) == 1 else None
+        if len(declared) > 1 or not entries or all(e.get("higher_is_better") is None for e in entries):
+            notes.append(f"{m}: the records disagree on (or do not declare) its direction; no ↑/↓ shown")
+        n = _distinct(e.get("n_samples") for e in entries)
+        metric_info.append(f"{m}{_arrow(directions[m])} v{_distinct(e.get('version') for e in entries)}"
+                           f"{'' if n == 'n/a' else f', n = {n}'}: {_distinct(e.get('implementation') for e in entries)}")
+        if len({str(e.get('version')) for e in entries}) > 1:
+            notes.append(f"{m}: records were computed with different metric versions; rows may not be comparable")
+        unavailable: dict[str, list[str]] = {}
+        for row in rows:
+            for rec, _ in row.ok:
+                e = rec["metrics"].get(m)
+                if e is not None and e.get("value") is None:
+                    unavailable.setdefault(str(e.get("reason") or "no value"), []).append(
+                        f"{row.label} seed {rec['cell']['seed']}")
+        for reason in sorted(unavailable):
+            notes.append(f"{m} unavailable for {', '.join(unavailable[reason])}: {reason}")
+
+    for row in rows:
+        for m in metrics:
+            vals = [float(rec["metrics"][m]["value"]) for rec, _ in row.ok
+                    if rec["metrics"].get(m, {}).get("value") is not None]
+            arr = np.asarray(vals, dtype=float)
+            row.stats[m] = (float(arr.mean()), float(arr.std(ddof=0)), len(vals)) if vals else \
+                (float("nan"), float("nan"), 0)
+
+    deltas: list[tuple[str, str]] = []
+    for ref, _ in REFERENCES:
+        refs = [r for r in rows if r.method == ref]
+        if not refs:
+            notes.append(f"no {ref} row: the Δ vs {ref} columns are left out")
+            continue
+        if len(refs) > 1:
+            notes.append(f"several {ref} rows: Δ vs {ref} compares with {refs[0].label}")
+    present = {ref for ref, _ in REFERENCES if any(r.method == ref for r in rows)}
+    for m in QUALITY:
+        if m in metrics and any(r.stats[m][2] for r in rows):
+            deltas += [(m, ref) for ref, _ in REFERENCES if ref in present]
+
+    header = _header(task, ok, rows)
+    return Group(task, tier, rows, metrics, directions, deltas, header, metric_info, failed, notes)
+
+
+def _header(task: str, ok: list[tuple[dict[str, Any], Path | None]], rows: list[Row]) -> list[tuple[str, str]]:
+    recs = [r for r, _ in ok]
+    cfgs = [r.get("config") or {} for r in recs]
+    src = [r.get("data_source") or {} for r in recs]
+    data = _distinct(f"{s.get('kind')} ({s.get('retain_size')} retain, {s.get('forget_copies')} forget copies)"
+                     for s in src)
+    sampler = _distinct(f"{c['sampler'].get('kind')}, {c['sampler'].get('steps')} steps, "
+                        f"{c['sampler'].get('num_samples')} samples" for c in cfgs if c.get("sampler"))
+    base = _distinct(f"{c.get('base_model')} (sha256 {str((r.get('base_model') or {}).get('sha256'))[:12]})"
+                     for c, r in zip(cfgs, recs))
+    methods = []
+    for row in rows:
+        cfg = row.ok[0][0].get("config") or {}
+        parts = [", ".join(f"{k}={v}" for k, v in _flatten(cfg.get("hparams") or {}).items() if k)]
+        loop = cfg.get("loop")
+        if loop:
+            parts.append(f"lr {loop.get('lr')}, {loop.get('steps')} steps, batch {loop.get('batch_size')}")
+        detail = "; ".join(p for p in parts if p)
+        version = _distinct(r.get("config", {}).get("method_version") for r, _ in row.ok)
+        methods.append(f"{row.label} v{version}" + (f" ({detail})" if detail else ""))
+    software = sorted({k for r in recs for k in (r.get("software") or {}) if k != "unlearnbench"})
+    return [
+        ("task", f"{task} v{_distinct(c.get('task_version') for c in cfgs)} "
+                 f"(protocol {_distinct(c.get('protocol') for c in cfgs)})"),
+        ("data source", data),
+        ("sampler", sampler),
+        ("base model", base),
+        ("methods", "; ".join(methods) or "n/a"),
+        ("suite", f"unlearnbench {_distinct((r.get('software') or {}).get('unlearnbench') for r in recs)}"),
+        ("git commits", _distinct(r.get("git_commit") for r in recs)),
+        ("software", "; ".join(f"{k} {_distinct((r.get('software') or {}).get(k) for r in recs)}" for k in software)
+         or "n/a"),
+        ("devices", _distinct(" ".join(str(x) for x in ((r.get("device") or {}).get("type"),
+                                                       (r.get("device") or {}).get("name")) if x) for r in recs)),
+        ("records", f"{len(recs)} ok"),
+    ]
+
+
+# ------------------------------------------------------------------------------------------ numbers
+
+
+def _arrow(higher_is_better: bool | None) -> str:
+    return "" if higher_is_better is None else (" ↑" if higher_is_better else " ↓")
+
+
+def _digits(metric: str) -> int:
+    return 1 if metric in PERCENT or metric.startswith("unet_") or metric in ("unlearn_seconds", "deletion_step") else 2
+
+
+def _num(value: float, metric: str, signed: bool = False) -> str:
+    d = _digits(metric)
+    x = round(value * (100 if metric in PERCENT else 1), d) + 0.0  # + 0.0: no "-0.0"
+    return f"{x:+.{d}f}" if signed else f"{x:.{d}f}"
+
+
+def _cell(row: Row, metric: str) -> str:
+    mean, std, n = row.stats.get(metric, (float("nan"), float("nan"), 0))
+    if n == 0:
+        return "n/a"
+    text = _num(mean, metric) + (f" ± {_num(std, metric)}" if n > 1 else "")
+    return text + ("%" if metric in PERCENT else "")
+
+
+def _delta(row: Row, ref: Row | None, metric: str) -> float:
+    return row.mean(metric) - ref.mean(metric) if ref is not None else float("nan")
+
+
+def _delta_cell(row: Row, ref: Row | None, metric: str) -> str:
+    if ref is row:
+        return "—"
+    d = _delta(row, ref, metric)
+    return "n/a" if np.isnan(d) else _num(d, metric, signed=True) + (" pp" if metric in PERCENT else "")
+
+
+def _ref(group: Group, method: str) -> Row | None:
+    return next((r for r in group.rows if r.method == method), None)
+
+
+def _best(group: Group) -> dict[str, set[int]]:
+    """metric -> indices of the rows holding the best (displayed) mean among unlearning methods."""
+    out: dict[str, set[int]] = {}
+    for m in group.metrics:
+        hib = group.directions.get(m)
+        cands = [(i, r) for i, r in enumerate(group.rows) if r.method not in NOT_UNLEARNING and r.stats[m][2]]
+        if hib is None or len(cands) < 2:
+            continue
+        shown = {i: float(_num(r.mean(m), m)) for i, r in cands}
+        best = max(shown.values()) if hib else min(shown.values())
+        out[m] = {i for i, v in shown.items() if v == best}
+    return out
+
+
+def _columns(group: Group) -> list[str]:
+    return (["method", "seeds"] + [f"{m}{_arrow(group.directions[m])}" for m in group.metrics]
+            + [f"Δ {m} vs {ref}" for m, ref in group.deltas])
+
+
+def _display(group: Group) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(text cells, bold mask) with the columns of ``_columns``."""
+    best = _best(group)
+    refs = {ref: _ref(group, ref) for ref, _ in REFERENCES}
+    cells, bold = [], []
+    for i, row in enumerate(group.rows):
+        seeds = str(len(row.ok)) + (f" (+{len(row.failed)} failed)" if row.failed else "")
+        cells.append([row.label, seeds] + [_cell(row, m) for m in group.metrics]
+                     + [_delta_cell(row, refs[ref], m) for m, ref in group.deltas])
+        bold.append([False, False] + [i in best.get(m, set()) for m in group.metrics] + [False] * len(group.deltas))
+    cols = _columns(group)
+    return pd.DataFrame(cells, columns=range(len(cols))), pd.DataFrame(bold, columns=range(len(cols)))
+
+
+def _numeric(group: Group) -> pd.DataFrame:
+    """The machine-readable leaderboard: numbers in the records' units (forget_rate as a fraction)."""
+    refs = {ref: _ref(group, ref) for ref, _ in REFERENCES}
+    short = dict(REFERENCES)
+    out = []
+    for row in group.rows:
+        cfg = row.ok[0][0].get("config") or {}
+        rec: dict[str, Any] = {"task": group.task, "task_version": cfg.get("task_version"), "tier": group.tier,
+                               "method": row.method, "row": row.label, "method_version": cfg.get("method_version"),
+                               "seeds": len(row.ok), "failed_seeds": len(row.failed)}
+        for m in group.metrics:
+            mean, std, n = row.stats[m]
+            rec[f"{m}_mean"], rec[f"{m}_std"], rec[f"{m}_n"] = mean, std, n
+            rec[f"{m}_higher_is_better"] = group.directions[m]
+        for m, ref in group.deltas:
+            rec[f"{m}_delta_{short[ref]}"] = _delta(row, refs[ref], m)
+        out.append(rec)
+    frame = pd.DataFrame(out)
+    for col in frame.columns:
+        if col in ("task_version", "method_version", "seeds", "failed_seeds") or col.endswith("_n"):
+            frame[col] = frame[col].astype("Int64")
+        elif col.endswith("_higher_is_better"):
+            frame[col] = frame[col].astype("boolean")
+    return frame
+
+
+# ------------------------------------------------------------------------------------------ renderers
+
+
+def _md_escape(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def render_markdown(groups: list[Group], out: Path) -> str:
+    lines = [f"# {TITLE}", ""]
+    for g in groups:
+        cells, bold = _display(g)
+        body = [[_md_escape(f"**{c}**" if b else c) for c, b in zip(row, brow)]
+                for row, brow in zip(cells.values.tolist(), bold.values.tolist())]
+        lines += [f"## {g.title}", ""]
+        lines += [f"- {k}: {v}" for k, v in g.header]
+        lines += ["- metrics:", *[f"  - {m}" for m in g.metric_info], ""]
+        if body:
+            lines += [tabulate(body, headers=[_md_escape(c) for c in _columns(g)], tablefmt="github",
+                               disable_numparse=True), "", LEGEND, ""]
+        else:
+            lines += ["No successful cells.", ""]
+        shown = [(k, p) for k, p in g.figures.items() if p is not None]
+        if shown or g.skipped:
+            lines += ["### Figures", ""]
+            lines += [f"![{k}]({p.relative_to(out).as_posix()})" for k, p in shown]
+            lines += [""] + [f"- not drawn: {s}" for s in g.skipped] + ([""] if g.skipped else [])
+        lines += ["### Failed cells (ignored)", ""]
+        lines += [f"- {_failed(r)}" for r in g.failed] or ["- none"]
+        lines += [""]
+        if g.notes:
+            lines += ["### Notes", "", *[f"- {n}" for n in dict.fromkeys(g.notes)], ""]
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def _failed(rec: dict[str, Any]) -> str:
+    c = rec["cell"]
+    error = " ".join(str(rec.get("error") or "no error recorded").split())
+    return f"{c['method']} seed {c['seed']}: {error}"
+
+
+_LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+_LATEX_UNICODE = {"±": r"$\pm$", "↑": r"$\uparrow$", "↓": r"$\downarrow$", "Δ": r"$\Delta$", "—": "--",
+                  "−": "$-$"}
+
+
+def _tex(text: str) -> str:
+    out = "".join(_LATEX_SPECIAL.get(ch, ch) for ch in text)
+    return "".join(_LATEX_UNICODE.get(ch, ch) for ch in out)
+
+
+def render_latex(groups: list[Group]) -> str:
+    lines = [f"% {TITLE} (generated by `run_bench.py report`; needs \\usepackage{{booktabs}})", ""]
+    for g in groups:
+        cells, bold = _display(g)
+        cols = _columns(g)
+        lines += [f"% {g.title}"] + [f"% {k}: {v}" for k, v in g.header]
+        lines += ["% metrics:"] + [f"%   {m}" for m in g.metric_info]
+        lines += [f"% failed cells (ignored): {_failed(r)}" for r in g.failed]
+        lines += [r"\begin{table}[htbp]", r"\centering", r"\small",
+                  rf"\caption{{{_tex(f'{g.task}, tier {g.tier}: ' + LEGEND)}}}",
+                  rf"\label{{tab:unlearnbench-{_slug(g.task + '-' + g.tier).replace('_', '-')}}}",
+                  r"\begin{tabular}{l" + "r" * (len(cols) - 1) + "}", r"\toprule",
+                  " & ".join(_tex(c) for c in cols) + r" \\", r"\midrule"]
+        for row, brow in zip(cells.values.tolist(), bold.values.tolist()):
+            lines.append(" & ".join(rf"\textbf{{{_tex(c)}}}" if b else _tex(c) for c, b in zip(row, brow)) + r" \\")
+        lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def render_csv(groups: list[Group]) -> str:
+    frames = [_numeric(g) for g in groups if g.rows]
+    if not frames:
+        return "task,tier,method,row,seeds\n"
+    frame = pd.concat(frames, ignore_index=True, sort=False)
+    return frame.to_csv(index=False, lineterminator="\n")
+
+
+_CSS = """
+body { font-family: "DejaVu Sans", "Liberation Sans", Arial, sans-serif; margin: 24px; color: #111;
+       background: #fff; line-height: 1.4; }
+h1 { font-size: 24px; margin: 0 0 12px; }
+h2 { font-size: 19px; margin: 28px 0 8px; border-bottom: 2px solid #333; padding-bottom: 4px; }
+h3 { font-size: 15px; margin: 18px 0 6px; }
+dl.meta { display: grid; grid-template-columns: max-content 1fr; gap: 2px 14px; font-size: 13px; margin: 0 0 12px; }
+dl.meta dt { font-weight: bold; color: #333; }
+dl.meta dd { margin: 0; }
+.scroll { overflow-x: auto; }
+table.leaderboard { border-collapse: collapse; font-size: 13px; font-variant-numeric: tabular-nums;
+                    border-top: 2px solid #111; border-bottom: 2px solid #111; }
+table.leaderboard th, table.leaderboard td { padding: 4px 10px; text-align: right; white-space: nowrap; }
+table.leaderboard th:first-child, table.leaderboard td:first-child { text-align: left; }
+table.leaderboard thead th { border-bottom: 1px solid #111; background: #f2f2f2; }
+table.leaderboard tbody tr:nth-child(even) { background: #fafafa; }
+table.leaderboard td.best { font-weight: bold; }
+table.leaderboard tr.reference td { color: #333; font-style: italic; }
+p.legend, ul.metrics, ul.notes { font-size: 12px; color: #333; }
+figure { margin: 12px 0; }
+figure img { max-width: 100%; border: 1px solid #ddd; }
+figcaption { font-size: 12px; color: #444; }
+p.skipped { font-size: 12px; color: #8a4b00; }
+"""
+
+_SCRIPT = """
+(function () {
+  function check() {
+    var imgs = Array.prototype.slice.call(document.images);
+    var ok = imgs.every(function (im) { return im.complete && im.naturalWidth > 0; });
+    var body = document.body;
+    body.dataset.images = String(imgs.length);
+    body.dataset.imagesOk = ok ? "true" : "false";
+    var table = document.getElementById("leaderboard");
+    if (table) {
+      var r = table.getBoundingClientRect();
+      body.dataset.tableRect = [r.left + window.scrollX, r.top + window.scrollY, r.width, r.height]
+        .map(Math.round).join(",");
+    }
+    console.log("unlearnbench-report: " + imgs.length + " images, all decoded: " + ok);
+  }
+  if (document.readyState === "complete") { check(); } else { window.addEventListener("load", check); }
+})();
+"""
+
+_CAPTIONS = {
+    "tradeoff": "Forget rate against sample quality: seed means, error bars = seed std; dashed line: the Pareto "
+                "front (non-dominated rows, each metric in its declared direction).",
+    "samples": "Generated samples of each row's first seed.",
+    "forget_curve": "Forget rate against unlearning step (mean over seeds, band = std); dashed: pretrain / retrain.",
+}
+
+
+def render_html(groups: list[Group]) -> str:
+    e = html.escape
+    parts = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
+             '<meta name="viewport" content="width=device-width, initial-scale=1">', f"<title>{e(TITLE)}</title>",
+             f"<style>{_CSS}</style>", "</head>", "<body>", f"<h1>{e(TITLE)}</h1>"]
+    n_tables = 0
+    for g in groups:
+        cells, bold = _display(g)
+        parts.append(f'<section class="group" data-task="{e(g.task)}" data-tier="{e(g.tier)}">')
+        parts.append(f"<h2>{e(g.title)}</h2>")
+        parts.append('<dl class="meta">' + "".join(f"<dt>{e(k)}</dt><dd>{e(v)}</dd>" for k, v in g.header) + "</dl>")
+        if g.rows:
+            n_tables += 1
+            table_id = "leaderboard" if n_tables == 1 else f"leaderboard-{n_tables}"
+            parts.append(f'<div class="scroll"><table id="{table_id}" class="leaderboard">')
+            parts.append("<thead><tr>" + "".join(f'<th scope="col">{e(c)}</th>' for c in _columns(g))
+                         + "</tr></thead><tbody>")
+            for row, crow, brow in zip(g.rows, cells.values.tolist(), bold.values.tolist()):
+                cls = ' class="reference"' if row.method in NOT_UNLEARNING else ""
+                tds = [f'<th scope="row">{e(crow[0])}</th>'] + [
+                    ('<td class="best">' if b else "<td>") + f"{e(c)}</td>" for c, b in zip(crow[1:], brow[1:])]
+                parts.append(f'<tr{cls} data-method="{e(row.method)}">' + "".join(tds) + "</tr>")
+            parts.append("</tbody></table></div>")
+            parts.append(f'<p class="legend">{e(LEGEND)}</p>')
+        else:
+            parts.append("<p>No successful cells.</p>")
+        parts.append('<h3>Metrics</h3><ul class="metrics">' + "".join(f"<li>{e(m)}</li>" for m in g.metric_info)
+                     + "</ul>")
+        parts.append("<h3>Figures</h3>")
+        for kind, path in g.figures.items():
+            if path is None:
+                continue
+            data = base64.b64encode(path.read_bytes()).decode("ascii")
+            parts.append(f'<figure><img alt="{e(kind)}: {e(g.title)}" src="data:image/png;base64,{data}">'
+                         f"<figcaption>{e(_CAPTIONS[kind])}</figcaption></figure>")
+        parts += [f'<p class="skipped">Not drawn: {e(s)}</p>' for s in g.skipped]
+        parts.append('<h3>Failed cells (ignored)</h3><ul class="notes">'
+                     + ("".join(f"<li>{e(_failed(r))}</li>" for r in g.failed) or "<li>none</li>") + "</ul>")
+        if g.notes:
+            parts.append('<h3>Notes</h3><ul class="notes">' + "".join(f"<li>{e(n)}</li>" for n in dict.fromkeys(g.notes))
+                         + "</ul>")
+        parts.append("</section>")
+    parts += [f"<script>{_SCRIPT}</script>", "</body>", "</html>"]
+    return "\n".join(parts) + "\n"
+
+
+# ------------------------------------------------------------------------------------------ figures
+
+
+def _draw(group: Group, fig_dir: Path) -> None:
+    stats = {r.label: {m: (r.stats[m][0], r.stats[m][1]) if r.stats[m][2] else None for m in group.metrics}
+             for r in group.rows}
+    base = fig_dir / group.slug
+    skipped: list[str] = []
+    group.figures["tradeoff"] = figures.tradeoff_figure(stats, group.directions, Path(f"{base}__tradeoff.png"),
+                                                        title=group.title, skipped=skipped)
+    grids: dict[str, Path | None] = {}
+    for row in group.rows:
+        rec, path = row.ok[0]
+        grid = rec.get("sample_grid")
+        grids[f"{row.label} (seed {rec['cell']['seed']})"] = path.parent.parent / grid if grid and path else None
+    group.figures["samples"] = figures.samples_figure(grids, Path(f"{base}__samples.png"), title=group.title,
+                                                      skipped=skipped)
+    curves = {r.label: [list((rec.get("training") or {}).get("evaluations") or []) for rec, _ in r.ok]
+              for r in group.rows}
+    refs = {ref: _ref(group, ref) for ref, _ in REFERENCES}
+    references = {ref: row.mean("forget_rate") for ref, row in refs.items()
+                  if row is not None and "forget_rate" in row.stats and row.stats["forget_rate"][2]}
+    group.figures["forget_curve"] = figures.forget_curve_figure(
+        curves, Path(f"{base}__forget_curve.png"), references=references, title=group.title, skipped=skipped,
+        higher_is_better=group.directions.get("forget_rate"))
+    group.skipped = skipped
+
+
+# ------------------------------------------------------------------------------------------ entry
+
+
+def build_groups(results: Path) -> list[Group]:
+    """The leaderboards of every (task, tier) with records under ``results``."""
+    items = _load(Path(results))
+    keys = sorted({(r["cell"]["task"], r["cell"]["tier"]) for r, _ in items})
+    return [_build_group(task, tier, [(r, p) for r, p in items if (r["cell"]["task"], r["cell"]["tier"]) == (task, tier)])
+            for task, tier in keys]
+
+
+def report_main(results: Path, out: Path | None = None) -> list[Path]:
+    """Write ``leaderboard.{md,tex,csv,html}`` and ``figures/*.png`` for the records under
+    ``results`` to ``out`` (default ``results/leaderboard``); returns the written paths."""
+    results = Path(results)
+    if not results.is_dir():
+        raise FileNotFoundError(f"results folder {results} does not exist")
+    groups = build_groups(results)
+    if not groups:
+        raise FileNotFoundError(f"no result records (schema version 1) under {results}")
+    out = Path(out) if out is not None else results / "leaderboard"
+    fig_dir = out / "figures"
+    for g in groups:
+        if g.rows:
+            _draw(g, fig_dir)
+    drawn = {p for g in groups for p in g.figures.values() if p is not None}
+    if fig_dir.is_dir():  # figures of an earlier report whose (task, tier) or kind is gone
+        for stale in fig_dir.glob("*.png"):
+            if stale not in drawn and stale.stem.rsplit("__", 1)[-1] in FIGURE_KINDS:
+                stale.unlink()
+    written = []
+    for name, text in (("leaderboard.md", render_markdown(groups, out)), ("leaderboard.tex", render_latex(groups)),
+                       ("leaderboard.csv", render_csv(groups)), ("leaderboard.html", render_html(groups))):
+        figures.write_bytes(out / name, text.encode("utf-8"))
+        written.append(out / name)
+    return written + sorted(drawn)
