@@ -9,7 +9,7 @@ from pathlib import Path
 from unlearnbench.registry import METHODS, METRICS, TASKS, UnknownNameError, load_all
 
 DEFAULT_TASK = "mnist_tshirt_mini"
-SUBCOMMANDS = ("run", "ls", "prepare", "tune")
+SUBCOMMANDS = ("run", "ls", "prepare", "tune", "report", "check")
 
 
 def _csv(text: str) -> list[str]:
@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--metrics", type=_csv, default=None, help="comma-separated (default: the tier's)")
     run.add_argument("--inception-weights", default=None, help=f"path to torch-fidelity's Inception-v3 weights")
     run.add_argument("--eval-every", type=int, default=0, help="evaluate the forget rate every N unlearning steps")
+    run.add_argument("--dry-run", action="store_true", help="print the cell plan with its settings and exit")
     run.add_argument("--overwrite", action="store_true", help="rerun every cell, replacing finished records")
     run.add_argument("--retry-failed", action="store_true", help="rerun cells whose record says failed")
     ls = sub.add_parser("ls", help="list methods, tasks or metrics")
@@ -61,6 +62,14 @@ def build_parser() -> argparse.ArgumentParser:
     _common(tune)
     tune.add_argument("--methods", type=_csv, default=None)
     tune.add_argument("--out", type=Path, default=None, help="tuning record (default: the tier's tuning.json)")
+    report = sub.add_parser("report", help="leaderboards (Markdown, LaTeX, CSV, HTML) and figures from records")
+    report.add_argument("--results", type=Path, required=True, help="results folder (searched recursively)")
+    report.add_argument("--out", type=Path, default=None, help="output folder (default RESULTS/leaderboard)")
+    check = sub.add_parser("check", help="compare results with a baseline; exit 1 on a regression or a missing cell")
+    check.add_argument("--results", type=Path, required=True, help="results folder (searched recursively)")
+    check.add_argument("--baseline", type=Path, required=True, help="baseline JSON file")
+    check.add_argument("--update", action="store_true", help="rewrite the baseline from --results")
+    check.add_argument("--alpha", type=float, default=0.05, help="significance level of the one-sided Welch test")
     return parser
 
 
@@ -71,7 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     load_all()
     try:
-        return {"run": cmd_run, "ls": cmd_ls, "prepare": cmd_prepare, "tune": cmd_tune}[args.command](args)
+        commands = {"run": cmd_run, "ls": cmd_ls, "prepare": cmd_prepare, "tune": cmd_tune, "report": cmd_report,
+                    "check": cmd_check}
+        return commands[args.command](args)
     except UnknownNameError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -110,6 +121,9 @@ def cmd_run(args: argparse.Namespace) -> int:
                       progress=not args.no_progress, overwrite=args.overwrite, retry_failed=args.retry_failed)
     started = time.perf_counter()
     bench = Benchmark(opts, log=lambda s: print(s, file=sys.stderr, flush=True))
+    if args.dry_run:
+        print_plan(bench)
+        return 0
     records = bench.run()
     title = f"{bench.task_name} / tier {bench.tier.name}"
     source = records[0]["data_source"] if records else {}
@@ -127,6 +141,31 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0 if all(r.get("status") == "ok" for r in records) else 1
 
 
+def print_plan(bench: "Benchmark") -> None:  # noqa: F821
+    """The cells a run would execute, with every resolved setting (nothing is trained)."""
+    import dataclasses
+
+    from tabulate import tabulate
+
+    tier = bench.tier
+    print(f"{bench.task_name} / tier {tier.name}: {tier.description}")
+    print(f"base model: {bench.opts.base_model or 'prepared'}; UNet {tier.unet}")
+    print(f"base/retrain recipe: {dataclasses.asdict(tier.base_training)}")
+    print(f"sampler: {dataclasses.asdict(bench.sampler)}; metrics: {', '.join(bench.metric_names)}")
+    rows, seen = [], set()
+    for plan in bench.plan():
+        method = plan.cell["method"]
+        if method in seen:
+            continue
+        seen.add(method)
+        loop = plan.config["loop"] or {}
+        rows.append([method, loop.get("steps", "-"), f"{loop.get('batch_size', '-')} x {loop.get('grad_accum', '-')}",
+                     loop.get("lr", "-"), loop.get("betas", "-"), loop.get("weight_decay", "-"),
+                     ", ".join(f"{k}={v}" for k, v in plan.config["hparams"].items()) or "-"])
+    print(tabulate(rows, headers=["method", "steps", "batch x accum", "lr", "betas", "wd", "hparams"]))
+    print(f"seeds: {', '.join(map(str, bench.seeds))}; cells: {len(bench.methods) * len(bench.seeds)}")
+
+
 def cmd_prepare(args: argparse.Namespace) -> int:
     from unlearnbench.artifacts import BASE, CLASSIFIER, RETRAIN, prepare
     from unlearnbench.runner import resolve_device
@@ -137,6 +176,20 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     out = prepare(task, tier, task.load(args.data_root), resolve_device(args.device), out=args.out, only=only,
                   force=args.force, progress=not args.no_progress, data_root=args.data_root)
     print(f"prepared {', '.join(only)} in {out}")
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from unlearnbench.gate import check_main
+
+    return check_main(args.results, args.baseline, update=args.update, alpha=args.alpha)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from unlearnbench.report import report_main
+
+    for path in report_main(args.results, args.out):
+        print(path)
     return 0
 
 

@@ -131,10 +131,13 @@ def tradeoff_figure(stats: Mapping[str, Mapping[str, Stat]], directions: Mapping
                                 label=label)
                 handles.setdefault(label, h)
             front = pareto_front(points, bool(directions.get("forget_rate")), bool(directions[metric]))
-            if front:
+            if front:  # a dashed line through the front, each of its points ringed (visible for one point too)
                 (line,) = ax.plot([points[k][0] for k in front], [points[k][1] for k in front], "--", color="0.35",
-                                  linewidth=1.2, zorder=0, label="Pareto front")
+                                  linewidth=1.2, marker="o", markersize=14, markerfacecolor="none",
+                                  markeredgecolor="0.35", zorder=0, label="Pareto front")
                 handles.setdefault("Pareto front", line)
+            xmax = max((100 * (stats[k]["forget_rate"][0] + stats[k]["forget_rate"][1]) for k in points), default=0.0)
+            ax.set_xlim(-0.05 * max(xmax, 1.0), max(1.1 * xmax, 1.0))  # rates are >= 0: no negative axis
             ax.set_xlabel(f"forget rate (%){_arrow(directions.get('forget_rate'))}")
             ax.set_ylabel(f"{metric}{_arrow(directions[metric])}")
             ax.set_title(f"forget rate vs {metric}")

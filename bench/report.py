@@ -452,7 +452,8 @@ table.leaderboard { border-collapse: collapse; font-size: 13px; font-variant-num
                     border-top: 2px solid #111; border-bottom: 2px solid #111; }
 table.leaderboard th, table.leaderboard td { padding: 4px 10px; text-align: right; white-space: nowrap; }
 table.leaderboard th:first-child, table.leaderboard td:first-child { text-align: left; }
-table.leaderboard thead th { border-bottom: 1px solid #111; background: #f2f2f2; }
+table.leaderboard thead th { border-bottom: 1px solid #111; background: #f2f2f2; white-space: normal;
+                             min-width: 4.5em; max-width: 9em; vertical-align: bottom; }
 table.leaderboard tbody tr:nth-child(even) { background: #fafafa; }
 table.leaderboard td.best { font-weight: bold; }
 table.leaderboard tr.reference td { color: #333; font-style: italic; }

@@ -32,13 +32,14 @@ def tuned_overrides(task: str, tier: str) -> dict[str, dict[str, Any]]:
 
 
 #: The documented rule (docs/calibration.md), applied to every fine-tuning method alike.
-LR_GRID = (5e-5, 1.5e-4, 5e-4, 1.5e-3)
+LR_GRID = (5e-5, 2e-4, 5e-4, 1e-3)  # the published lr, then up to 20x: small models need larger steps
 TUNING_SEED = 100  # never a reported seed
+TUNING_SAMPLES = 512
 QUALITY_FLOOR = 0.95  # keep at least 95% of the base model's classifier IS
 RULE = (f"for each fine-tuning method, run the tier's unlearning loop on tuning seed {TUNING_SEED} (not a reported "
-        f"seed) at every lr in {list(LR_GRID)}; among the lrs whose is_clf stays >= {QUALITY_FLOOR} x the base "
-        f"model's, choose the lowest forget_rate (ties: lower fid_clf, then smaller lr); if none keeps the quality, "
-        f"choose the smallest lr")
+        f"seed) at every lr in {list(LR_GRID)} and score {TUNING_SAMPLES} samples; among the lrs whose is_clf stays "
+        f">= {QUALITY_FLOOR} x the base model's, choose the lowest forget_rate (ties: lower fid_clf, then smaller "
+        f"lr); if none keeps the quality, choose the smallest lr")
 
 
 def choose(trials: list[dict[str, Any]], base_is: float) -> dict[str, Any]:
@@ -61,7 +62,9 @@ def run_tuning(args: Any) -> int:
     work = Path("runs") / "tuning" / f"{task_name}-{tier.name}"
 
     def run(method: str, lr: float | None) -> dict[str, Any]:
-        overrides = {method: {"lr": lr}} if lr is not None else {}
+        overrides: dict[str, dict[str, Any]] = {"sampler": {"num_samples": TUNING_SAMPLES}}
+        if lr is not None:
+            overrides[method] = {"lr": lr}
         opts = RunOptions(task=task_name, tier=tier.name, methods=[method], seeds=[TUNING_SEED], out=work,
                           data_root=args.data_root, device=args.device, overrides=overrides,
                           metrics=["forget_rate", "is_clf", "fid_clf"], progress=not args.no_progress)

@@ -1,0 +1,57 @@
+"""The documented learning-rate rule of the non-paper tiers, and that its choices reach the runs."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from unlearnbench.registry import TASKS, load_all
+from unlearnbench.tuning import QUALITY_FLOOR, choose, tuned_overrides, tuning_file
+
+load_all()
+
+
+def _t(lr: float, fr: float, is_: float, fid: float = 1.0) -> dict:
+    return {"lr": lr, "forget_rate": fr, "is_clf": is_, "fid_clf": fid}
+
+
+def test_rule_picks_lowest_forget_rate_that_keeps_quality() -> None:
+    trials = [_t(5e-5, 0.04, 9.0), _t(2e-4, 0.01, 8.9), _t(5e-4, 0.0, 8.0), _t(1e-3, 0.0, 5.0)]
+    assert choose(trials, base_is=9.0)["lr"] == 2e-4  # 8.0 < 0.95 * 9.0: the lr with 0% is too destructive
+
+
+def test_rule_breaks_ties_by_fid_then_smaller_lr() -> None:
+    trials = [_t(5e-5, 0.0, 9.0, 3.0), _t(2e-4, 0.0, 9.0, 2.0), _t(5e-4, 0.0, 9.0, 2.0)]
+    assert choose(trials, base_is=9.0)["lr"] == 2e-4
+
+
+def test_rule_falls_back_to_the_smallest_lr_when_nothing_keeps_quality() -> None:
+    trials = [_t(1e-3, 0.0, 1.0), _t(5e-5, 0.5, 2.0)]
+    assert choose(trials, base_is=9.0)["lr"] == 5e-5
+    assert QUALITY_FLOOR == 0.95
+
+
+def test_the_quick_tier_applies_its_tuning_record_to_every_fine_tuning_method() -> None:
+    path = tuning_file("mnist_tshirt_mini", "quick")
+    if not path.exists():
+        pytest.skip("no tuning record shipped for mnist_tshirt_mini/quick")
+    record = json.loads(path.read_text())
+    chosen = tuned_overrides("mnist_tshirt_mini", "quick")
+    assert set(chosen) == {"naive_deletion", "neggrad", "erasediff", "siss", "siss_no_is", "retrack", "retrack_all"}
+    for method, choice in record["methods"].items():
+        assert choose([t for t in choice["trials"] if t["status"] == "ok"], record["pretrain"]["is_clf"])["lr"] == chosen[method]["lr"]
+    tier = TASKS.get("mnist_tshirt_mini").tier("quick")
+    assert tier.method_overrides == chosen
+    assert TASKS.get("mnist_tshirt_mini").tier("paper").method_overrides == {}  # the paper tier keeps published lrs
+
+
+def test_tuned_lr_lands_in_the_cell_config(tmp_path: Path) -> None:
+    from unlearnbench.runner import Benchmark, RunOptions
+
+    bench = Benchmark(RunOptions(task="mnist_tshirt_mini", tier="quick", methods=["retrack"], seeds=[0], out=tmp_path))
+    plan = bench.plan()[0]
+    expected = tuned_overrides("mnist_tshirt_mini", "quick").get("retrack", {}).get("lr", 5e-5)
+    assert plan.config["loop"]["lr"] == expected
+    paper = Benchmark(RunOptions(task="mnist_tshirt_mini", tier="paper", methods=["retrack"], seeds=[0], out=tmp_path))
+    assert paper.plan()[0].config["loop"]["lr"] == 5e-5 and paper.plan()[0].config["loop"]["batch_size"] == 128
