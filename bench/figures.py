@@ -23,6 +23,7 @@ import matplotlib.style
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 DPI = 100
 RC = {
@@ -207,6 +208,7 @@ def forget_curve_figure(curves: Mapping[str, Sequence[Sequence[Mapping[str, floa
         for j, (label, value) in enumerate((references or {}).items()):
             ax.axhline(100 * value, linestyle=(0, (4, 2 + 2 * j)), color=str(0.2 + 0.3 * j), linewidth=1,
                        label=f"{label} (no unlearning steps)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("unlearning step")
         ax.set_ylabel(f"forget rate (%){_arrow(higher_is_better)}")
         ax.set_ylim(bottom=0)

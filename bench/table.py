@@ -27,9 +27,8 @@ def comparison_table(records: list[dict[str, Any]], off_by_default: dict[str, st
                      fmt: str = "github") -> tuple[str, list[str]]:
     """(table, footnotes): one row per method, mean ± std over seeds, ↑/↓ per metric."""
     ok = [r for r in records if r.get("status") == "ok"]
-    metric_names: list[str] = []
-    for r in ok:
-        metric_names += [m for m in r["metrics"] if m not in metric_names]
+    found = {m for r in ok for m in r["metrics"]}
+    metric_names = [m for m in METRICS.names() if m in found] + sorted(found - set(METRICS.names()))
     rows, notes = [], []
     methods = list(dict.fromkeys(r["cell"]["method"] for r in records))
     for method in methods:
