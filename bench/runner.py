@@ -60,6 +60,8 @@ class RunOptions:
     inception_weights: str | None = None
     eval_every: int = 0
     progress: bool = True
+    executor: str = "local"  # local | pool | ray (bench/executors.py)
+    executor_options: dict[str, Any] = field(default_factory=dict)
     overwrite: bool = False  # rerun every cell, replacing its record
     retry_failed: bool = False  # rerun cells whose record says failed
 
@@ -109,6 +111,7 @@ class Benchmark:
         self.out = Path(opts.out or Path("runs") / f"{self.task_name}-{self.tier.name}")
         self.artifacts = Artifacts(self.task, self.tier, opts.base_model, opts.base_subfolder)
         self._data: TaskData | None = None
+        self._base: tuple[Any, dict[str, Any]] | None = None
 
     def _default_metrics(self) -> list[str]:
         return [m for m in self.tier.metrics if m not in self.tier.off_by_default]
@@ -172,12 +175,28 @@ class Benchmark:
         self.log(f"{self.task_name}/{self.tier.name}: {len(plans)} cells, {len(plans) - len(todo)} already done, "
                  f"results in {self.out}")
         if todo:
-            self.ensure_prepared()
-            base, base_info = self.artifacts.base_model()
-            for plan in todo:
-                record = self.run_cell(plan, base, base_info)
-                atomic_write_json(plan.path, record)
+            self.ensure_prepared()  # shared work happens once, before any fan-out
+            if self.opts.executor == "local":
+                for plan in todo:
+                    self.execute(plan)
+            else:
+                from unlearnbench.executors import get_executor
+
+                get_executor(self.opts.executor, **self.opts.executor_options).run(self.opts, [p.digest for p in todo])
         return [_read(p.path) for p in plans]
+
+    def execute(self, plan: CellPlan) -> None:
+        """Run one cell and write its record atomically (what every executor calls, in any process)."""
+        if self._base is None:
+            self._base = self.artifacts.base_model()
+        atomic_write_json(plan.path, self.run_cell(plan, *self._base))
+
+    def execute_digest(self, digest: str) -> None:
+        """Run the cell whose config hash is ``digest`` (how workers receive cells)."""
+        plan = next((p for p in self.plan() if p.digest == digest), None)
+        if plan is None:
+            raise KeyError(f"no cell with config hash {digest} in this plan")
+        self.execute(plan)
 
     def _needs_run(self, plan: CellPlan) -> bool:
         if self.opts.overwrite or not plan.path.exists():
