@@ -618,3 +618,15 @@ def test_sample_timesteps_range_and_seeding():
     assert torch.equal(t1, t2) and t1.dtype == torch.long
     assert int(t1.min()) >= 0 and int(t1.max()) <= T - 1
     assert int(t1.min()) < 20 and int(t1.max()) > T - 20
+
+
+def test_one_batched_forward_equals_two_separate_calls() -> None:
+    """GroupNorm normalises per sample, so ReTrack may batch its two branches without changing the maths."""
+    model = tiny_unet(seed=5)
+    g = torch.Generator().manual_seed(0)
+    x1, x2 = torch.randn(3, 1, 8, 8, generator=g), torch.randn(4, 1, 8, 8, generator=g)
+    t1, t2 = torch.randint(0, 1000, (3,), generator=g), torch.randint(0, 1000, (4,), generator=g)
+    with torch.no_grad():
+        together = model(torch.cat([x1, x2]), torch.cat([t1, t2])).sample
+        apart = torch.cat([model(x1, t1).sample, model(x2, t2).sample])
+    torch.testing.assert_close(together, apart, rtol=1e-5, atol=1e-5)
