@@ -8,7 +8,6 @@ missing; weights are saved as diffusers folders / safetensors and never unpickle
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ from diffusers import UNet2DModel
 from unlearnbench.diffusion import load_unet
 from unlearnbench.io import atomic_write_json, sha256_file
 from unlearnbench.task import Task, TaskData, Tier
-from unlearnbench.tuning import assets_dir
+from unlearnbench.paths import assets_dir, cache_dir
 
 BASE, RETRAIN, CLASSIFIER = "base", "retrain", "classifier"
 WEIGHT_FILES = {
@@ -28,14 +27,6 @@ WEIGHT_FILES = {
     RETRAIN: "retrain/unet_ema/diffusion_pytorch_model.safetensors",
     CLASSIFIER: "classifier/model.safetensors",
 }
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("UNLEARNBENCH_CACHE", Path.home() / ".cache" / "unlearnbench"))
-
-
-def cache_dir(task: str, tier: str) -> Path:
-    return cache_root() / task / tier
 
 
 class WeightsMissingError(FileNotFoundError):

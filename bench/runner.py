@@ -13,7 +13,8 @@ from typing import Any, Callable
 import torch
 from torchvision.utils import save_image
 
-from unlearnbench.artifacts import Artifacts, cache_dir, prepare
+from unlearnbench.artifacts import Artifacts, prepare
+from unlearnbench.paths import cache_dir
 from unlearnbench.io import atomic_write_json, atomic_write_text
 from unlearnbench.loop import LoopConfig
 from unlearnbench.method import UnlearnJob

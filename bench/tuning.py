@@ -9,13 +9,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from unlearnbench.paths import assets_dir
 
-
-def assets_dir(task: str, tier: str) -> Path:
-    """Where the shipped prepared artefacts of (task, tier) live."""
-    import unlearnbench.datasets as pkg
-
-    return Path(pkg.__file__).resolve().parent / "assets" / task / tier
 
 
 def tuning_file(task: str, tier: str) -> Path:
