@@ -5,6 +5,9 @@ stays bounded whatever its size.
 """
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+
 import faiss
 import numpy as np
 import torch
@@ -40,3 +43,55 @@ def knn_search(queries: Tensor, database: Tensor, k: int, chunk_size: int = 6553
         order = torch.argsort(best_d, dim=1, stable=True)[:, :k]
         best_d, best_i = best_d.gather(1, order), best_i.gather(1, order)
     return best_d[inverse], best_i[inverse]
+
+
+def approximate_index(database: np.ndarray, nlist: int | None = None, nprobe: int = 32,
+                      train_size: int = 100_000, seed: int = 0) -> faiss.Index:
+    """An IVF-flat index for retain sets of millions of items (exact search within probed cells).
+
+    ``nlist`` defaults to about 4·sqrt(N) cells; recall against exact search is measured in
+    docs/performance.md and grows with ``nprobe``.
+    """
+    data = np.ascontiguousarray(database, dtype=np.float32)
+    n, d = data.shape
+    nlist = nlist or max(1, int(4 * np.sqrt(n)))
+    quantizer = faiss.IndexFlatL2(d)
+    index = faiss.IndexIVFFlat(quantizer, d, nlist)
+    rng = np.random.default_rng(seed)
+    sample = data[rng.choice(n, size=min(n, max(train_size, 39 * nlist)), replace=False)]
+    index.train(sample)
+    index.add(data)
+    index.nprobe = nprobe
+    return index
+
+
+def recall_at_k(found: np.ndarray, exact: np.ndarray) -> float:
+    """Mean fraction of the exact k nearest neighbours that an approximate search returned."""
+    k = exact.shape[1]
+    return float(np.mean([len(set(f) & set(e)) / k for f, e in zip(found, exact)]))
+
+
+def cached_knn_search(queries: Tensor, database: Tensor, k: int, cache: Path | None) -> tuple[Tensor, Tensor]:
+    """``knn_search`` memoised on disk by a hash of the retain set, the queries and k.
+
+    The retain set's preprocessing is part of its bytes (model-space pixels or latents), so a
+    change of preprocessing is a different key.
+    """
+    if cache is None:
+        return knn_search(queries, database, k)
+    h = hashlib.sha256()
+    for t in (database, unique_rows(queries)[0]):
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.contiguous().numpy().tobytes())
+    h.update(f"k={k}".encode())
+    path = Path(cache) / f"knn-{h.hexdigest()[:24]}.npz"
+    uniq, inverse = unique_rows(queries)
+    if path.exists():
+        stored = np.load(path)
+        return torch.from_numpy(stored["dist"])[inverse], torch.from_numpy(stored["index"])[inverse]
+    dist, index = knn_search(uniq, database, k)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, dist=dist.numpy(), index=index.numpy())
+    tmp.replace(path)
+    return dist[inverse], index[inverse]

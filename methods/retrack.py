@@ -15,7 +15,8 @@ from torch import Tensor
 from unlearnbench.diffusion import predict_noise, sum_sq
 from unlearnbench.loop import Batch, StepContext
 from unlearnbench.method import FineTuneMethod, UnlearnJob
-from unlearnbench.neighbours import knn_search
+from unlearnbench.neighbours import cached_knn_search
+from unlearnbench.paths import cache_root
 from unlearnbench.registry import METHODS
 
 
@@ -66,7 +67,7 @@ class ReTrack(FineTuneMethod):
 
     def setup(self, job: UnlearnJob) -> Tensor:
         """(len(forget), K, D) neighbours of every forget sample, searched once per distinct sample."""
-        _, index = knn_search(job.forget, job.retain, job.hparams.k)
+        _, index = cached_knn_search(job.forget, job.retain, job.hparams.k, cache_root() / "knn")
         return job.retain.flatten(1)[index]
 
     def neighbours(self, ctx: StepContext, batch: Batch) -> Tensor:

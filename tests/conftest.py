@@ -8,9 +8,9 @@ import pytest
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="session", autouse=True)
 def smoke_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A private UNLEARNBENCH_CACHE for the whole session (smoke artefacts are trained into it)."""
+    """A private UNLEARNBENCH_CACHE for every test (smoke artefacts are trained into it; nothing touches ~/.cache)."""
     path = tmp_path_factory.mktemp("cache")
     mp = pytest.MonkeyPatch()
     mp.setenv("UNLEARNBENCH_CACHE", str(path))
