@@ -96,6 +96,9 @@ def _arrow(higher_is_better: bool | None) -> str:
     return "" if higher_is_better is None else (" ↑" if higher_is_better else " ↓")
 
 
+REFERENCE_ROWS = ("pretrain", "retrain")
+
+
 def tradeoff_figure(stats: Mapping[str, Mapping[str, Stat]], directions: Mapping[str, bool | None],
                     path: Path, title: str = "", skipped: list[str] | None = None) -> Path | None:
     """Forget rate (x, %) against quality: one panel for ``fid`` (when any row has it) or else
@@ -131,7 +134,9 @@ def tradeoff_figure(stats: Mapping[str, Mapping[str, Stat]], directions: Mapping
                                 color=_colour(i), ecolor=_colour(i), capsize=3, markersize=7, linestyle="none",
                                 label=label)
                 handles.setdefault(label, h)
-            front = pareto_front(points, bool(directions.get("forget_rate")), bool(directions[metric]))
+            # The front is over the unlearning methods: the oracle and the untouched base are references.
+            candidates = {k: v for k, v in points.items() if k not in REFERENCE_ROWS}
+            front = pareto_front(candidates, bool(directions.get("forget_rate")), bool(directions[metric]))
             if front:  # a dashed line through the front, each of its points ringed (visible for one point too)
                 (line,) = ax.plot([points[k][0] for k in front], [points[k][1] for k in front], "--", color="0.35",
                                   linewidth=1.2, marker="o", markersize=14, markerfacecolor="none",
@@ -141,6 +146,9 @@ def tradeoff_figure(stats: Mapping[str, Mapping[str, Stat]], directions: Mapping
             ax.set_xlim(-0.05 * max(xmax, 1.0), max(1.1 * xmax, 1.0))  # rates are >= 0: no negative axis
             ax.set_xlabel(f"forget rate (%){_arrow(directions.get('forget_rate'))}")
             ax.set_ylabel(f"{metric}{_arrow(directions[metric])}")
+            values = [q for _, q in points.values() if q > 0]
+            if values and min(values) > 0 and max(values) / min(values) > 100:  # e.g. a collapsed model's FID
+                ax.set_yscale("log")
             ax.set_title(f"forget rate vs {metric}")
         fig.legend(list(handles.values()), list(handles), loc="outside lower center",
                    ncol=min(len(handles), 5), frameon=False)
