@@ -256,3 +256,15 @@ def test_html_renders_in_headless_chromium(board: Path, tmp_path: Path) -> None:
     region = pixels[max(y, 0):min(y + h, img.height), max(x, 0):min(x + w, img.width)]
     luma = region @ np.array([0.299, 0.587, 0.114])
     assert region.size and (luma < 80).sum() > 1000 and 0.01 < (luma < 80).mean() < 0.6
+
+
+def test_committed_leaderboard_regenerates_byte_for_byte(tmp_path: Path) -> None:
+    """`run_bench.py report --results results/mnist_tshirt_mini-quick` reproduces the committed tables."""
+    from unlearnbench.report import report_main
+
+    committed = Path(__file__).resolve().parents[1] / "results" / "mnist_tshirt_mini-quick"
+    if not (committed / "records").exists():
+        pytest.skip("no committed results")
+    report_main(committed, tmp_path / "board")
+    for name in ("leaderboard.md", "leaderboard.csv", "leaderboard.tex"):
+        assert (tmp_path / "board" / name).read_bytes() == (committed / "leaderboard" / name).read_bytes(), name
