@@ -26,6 +26,7 @@ import pandas as pd
 from tabulate import tabulate
 
 from unlearnbench import figures
+from unlearnbench.io import atomic_write_text
 from unlearnbench.results import load_records, record_name
 
 METHOD_ORDER = ("pretrain", "naive_deletion", "neggrad", "erasediff", "siss", "siss_no_is", "retrack",
@@ -599,6 +600,6 @@ def report_main(results: Path, out: Path | None = None) -> list[Path]:
     written = []
     for name, text in (("leaderboard.md", render_markdown(groups, out)), ("leaderboard.tex", render_latex(groups)),
                        ("leaderboard.csv", render_csv(groups)), ("leaderboard.html", render_html(groups))):
-        figures.write_bytes(out / name, text.encode("utf-8"))
+        atomic_write_text(out / name, text)
         written.append(out / name)
     return written + sorted(drawn)
