@@ -24,8 +24,8 @@ def unique_rows(x: Tensor) -> tuple[Tensor, Tensor]:
 def knn_search(queries: Tensor, database: Tensor, k: int, chunk_size: int = 65536) -> tuple[Tensor, Tensor]:
     """Squared L2 distances and indices of the ``k`` nearest ``database`` rows of each query.
 
-    Exact (faiss ``IndexFlatL2``) over database chunks, merged with a top-k; ties keep the
-    lower index. Deduplicates identical queries before searching.
+    Exact (faiss brute-force ``knn``, no index built) over database chunks, merged with a top-k;
+    ties keep the lower index. Deduplicates identical queries before searching.
     """
     if k > len(database):
         raise ValueError(f"k = {k} exceeds the retain set size {len(database)}")
@@ -34,10 +34,9 @@ def knn_search(queries: Tensor, database: Tensor, k: int, chunk_size: int = 6553
     best_d = torch.full((len(q), 0), float("inf"))
     best_i = torch.zeros((len(q), 0), dtype=torch.long)
     for start in range(0, len(database), chunk_size):
-        chunk = database[start : start + chunk_size].flatten(1).numpy().astype(np.float32)
-        index = faiss.IndexFlatL2(chunk.shape[1])
-        index.add(np.ascontiguousarray(chunk))
-        d, i = index.search(q, min(k, len(chunk)))
+        # A view when the retain set is already contiguous float32: no copy, no index to build.
+        chunk = np.ascontiguousarray(database[start : start + chunk_size].flatten(1).numpy(), dtype=np.float32)
+        d, i = faiss.knn(q, chunk, min(k, len(chunk)))
         best_d = torch.cat([best_d, torch.from_numpy(d)], dim=1)
         best_i = torch.cat([best_i, torch.from_numpy(i).long() + start], dim=1)
         order = torch.argsort(best_d, dim=1, stable=True)[:, :k]
