@@ -49,6 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--inception-weights", default=None, help=f"path to torch-fidelity's Inception-v3 weights")
     run.add_argument("--eval-every", type=int, default=0, help="evaluate the forget rate every N unlearning steps")
     run.add_argument("--dry-run", action="store_true", help="print the cell plan with its settings and exit")
+    run.add_argument("--executor", choices=("local", "pool", "ray"), default="local",
+                     help="where cells run: sequentially here (default), a process pool, or Ray (docs/cluster.md)")
+    run.add_argument("--workers", type=int, default=None, help="pool processes / concurrent Ray tasks")
+    run.add_argument("--threads", type=int, default=None, help="torch threads per cell")
+    run.add_argument("--ray-address", default=None, help="an existing Ray cluster (none: start a local instance)")
+    run.add_argument("--max-retries", type=int, default=None, help="resubmissions of cells whose worker died")
     run.add_argument("--overwrite", action="store_true", help="rerun every cell, replacing finished records")
     run.add_argument("--retry-failed", action="store_true", help="rerun cells whose record says failed")
     ls = sub.add_parser("ls", help="list methods, tasks or metrics")
@@ -114,11 +120,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     from unlearnbench.table import comparison_table, markdown_report
     from unlearnbench.io import atomic_write_text
 
+    executor_options = {k: v for k, v in {"workers": args.workers, "threads": args.threads, "address": args.ray_address,
+                                          "max_retries": args.max_retries}.items() if v is not None}
+    allowed = {"local": {"threads"}, "pool": {"workers", "threads", "max_retries"},
+               "ray": {"workers", "threads", "address", "max_retries"}}[args.executor]
+    flags = {"workers": "--workers", "threads": "--threads", "address": "--ray-address", "max_retries": "--max-retries"}
+    for key in sorted(set(executor_options) - allowed):
+        print(f"error: {flags[key]} does not apply to --executor {args.executor}", file=sys.stderr)
+        return 2
     opts = RunOptions(task=args.task, tier=args.tier, methods=args.methods, seeds=args.seeds, out=args.out,
                       data_root=args.data_root, base_model=args.base_model, base_subfolder=args.base_subfolder,
                       device=args.device, overrides=parse_overrides(args.overrides), metrics=args.metrics,
                       inception_weights=args.inception_weights, eval_every=args.eval_every,
-                      progress=not args.no_progress, overwrite=args.overwrite, retry_failed=args.retry_failed)
+                      progress=not args.no_progress, overwrite=args.overwrite, retry_failed=args.retry_failed,
+                      executor=args.executor, executor_options=executor_options)
     started = time.perf_counter()
     bench = Benchmark(opts, log=lambda s: print(s, file=sys.stderr, flush=True))
     if args.dry_run:

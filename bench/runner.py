@@ -177,7 +177,7 @@ class Benchmark:
                  f"results in {self.out}")
         if todo:
             self.ensure_prepared()  # shared work happens once, before any fan-out
-            if self.opts.executor == "local":
+            if self.opts.executor == "local" and not self.opts.executor_options:
                 for plan in todo:
                     self.execute(plan)
             else:
