@@ -128,6 +128,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     for key in sorted(set(executor_options) - allowed):
         print(f"error: {flags[key]} does not apply to --executor {args.executor}", file=sys.stderr)
         return 2
+    if any(executor_options.get(k, 1) < 1 for k in ("workers", "threads")) or executor_options.get("max_retries", 0) < 0:
+        print("error: --workers and --threads must be at least 1, --max-retries at least 0", file=sys.stderr)
+        return 2
     opts = RunOptions(task=args.task, tier=args.tier, methods=args.methods, seeds=args.seeds, out=args.out,
                       data_root=args.data_root, base_model=args.base_model, base_subfolder=args.base_subfolder,
                       device=args.device, overrides=parse_overrides(args.overrides), metrics=args.metrics,

@@ -184,6 +184,10 @@ def test_cli_runs_the_grid_with_a_pool(local_numbers: dict, tmp_path: Path, caps
     assert main([*args, "--executor", "local", "--workers", "2"]) == 2
     assert "--workers does not apply to --executor local" in capsys.readouterr().err
     assert main([*args, "--executor", "pool", "--ray-address", "auto"]) == 2
+    local1 = tmp_path / "local-threads"  # --threads with the local executor
+    assert main(["run", "--tier", "smoke", "--methods", "retrack", "--seeds", "1", "--no-progress", "--out", str(local1),
+                 "--executor", "local", "--threads", str(THREADS)]) == 0
+    assert _numbers(load_records(local1 / "records")) == {("retrack", 1): local_numbers[("retrack", 1)]}
 
 
 # ---------------------------------------------------------------------------------------------
