@@ -36,7 +36,7 @@ PYTEST_COMMAND = "pytest -m perf tests/perf --benchmark-only"
 
 EXCEPTION_REASONS = {
     "retrack_all": "the softmax target over the whole retain set is extra non-UNet work every step "
-                   "(float64 products of the batch with all |R| retain images; timed below), which pass counts do not see",
+                   "(float64 products of the batch with all |R| retain images; timed above), which pass counts do not see",
     "retrack": "one batched forward of 2B samples stands for two forwards of B: per sample it costs "
                "{batched:.2f}× a B-batch forward here, and the K-neighbour target adds a little non-UNet work",
     "siss": "two `autograd.grad` calls through one graph (the first with `retain_graph=True`) count as two "
@@ -381,7 +381,8 @@ def render(results: dict[str, Any], machine: dict[str, Any], command: str, args:
         f"faiss {machine['faiss']} ({machine['faiss_threads']} OpenMP threads), scikit-learn {machine['sklearn']}, "
         f"numpy {machine['numpy']}. The load average next to each table says how quiet the machine was.",
         "",
-        "**Commands.** This file was written by",
+        "**Commands.** This file was last written by the command below; each table names the command that "
+        "measured it (`--keep` re-measures some sections and keeps the others' numbers):",
         "",
         "```bash",
         command,
