@@ -47,8 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="override, e.g. retrack.k=5, loop.lr=1e-4, siss.lr=5e-4, sampler.num_samples=2048")
     run.add_argument("--metrics", type=_csv, default=None, help="comma-separated (default: the tier's)")
     run.add_argument("--inception-weights", default=None, help=f"path to torch-fidelity's Inception-v3 weights")
+    run.add_argument("--sscd-weights", default=None, help="SSCD TorchScript file (sscd_disc_mixup.torchscript.pt)")
+    run.add_argument("--clip-weights", default=None, help="CLIP folder or hub id for CLIP-IQA (Stable Diffusion)")
     run.add_argument("--eval-every", type=int, default=0, help="evaluate the forget rate every N unlearning steps")
     run.add_argument("--dry-run", action="store_true", help="print the cell plan with its settings and exit")
+    run.add_argument("--no-estimate", action="store_true", help="with --dry-run: skip the measured cost estimate")
     run.add_argument("--executor", choices=("local", "pool", "ray"), default="local",
                      help="where cells run: sequentially here (default), a process pool, or Ray (docs/cluster.md)")
     run.add_argument("--workers", type=int, default=None, help="pool processes / concurrent Ray tasks")
@@ -134,13 +137,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     opts = RunOptions(task=args.task, tier=args.tier, methods=args.methods, seeds=args.seeds, out=args.out,
                       data_root=args.data_root, base_model=args.base_model, base_subfolder=args.base_subfolder,
                       device=args.device, overrides=parse_overrides(args.overrides), metrics=args.metrics,
-                      inception_weights=args.inception_weights, eval_every=args.eval_every,
+                      inception_weights=args.inception_weights, sscd_weights=args.sscd_weights,
+                      clip_weights=args.clip_weights, eval_every=args.eval_every,
                       progress=not args.no_progress, overwrite=args.overwrite, retry_failed=args.retry_failed,
                       executor=args.executor, executor_options=executor_options)
     started = time.perf_counter()
     bench = Benchmark(opts, log=lambda s: print(s, file=sys.stderr, flush=True))
     if args.dry_run:
-        print_plan(bench)
+        print_plan(bench, estimate=not args.no_estimate)
         return 0
     records = bench.run()
     title = f"{bench.task_name} / tier {bench.tier.name}"
@@ -159,17 +163,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0 if all(r.get("status") == "ok" for r in records) else 1
 
 
-def print_plan(bench: "Benchmark") -> None:  # noqa: F821
-    """The cells a run would execute, with every resolved setting (nothing is trained)."""
+def print_plan(bench: "Benchmark", estimate: bool = True) -> None:  # noqa: F821
+    """The cells a run would execute, with every resolved setting, and a measured cost estimate."""
     import dataclasses
 
     from tabulate import tabulate
 
     tier = bench.tier
     print(f"{bench.task_name} / tier {tier.name}: {tier.description}")
-    print(f"base model: {bench.opts.base_model or 'prepared'}; UNet {tier.unet}")
+    base = bench.opts.base_model or tier.base_model or "prepared (trained by `run_bench.py prepare`)"
+    print(f"base model: {base}{f' (subfolder {tier.base_subfolder})' if tier.base_subfolder else ''}; "
+          f"unlearned weights: {tier.base_weights if not bench.opts.base_model else 'as given'}")
+    if tier.unet:
+        print(f"UNet: {tier.unet}")
     print(f"base/retrain recipe: {dataclasses.asdict(tier.base_training)}")
     print(f"sampler: {dataclasses.asdict(bench.sampler)}; metrics: {', '.join(bench.metric_names)}")
+    if tier.eval:
+        print(f"evaluation: {tier.eval}")
     rows, seen = [], set()
     for plan in bench.plan():
         method = plan.cell["method"]
@@ -179,9 +189,23 @@ def print_plan(bench: "Benchmark") -> None:  # noqa: F821
         loop = plan.config["loop"] or {}
         rows.append([method, loop.get("steps", "-"), f"{loop.get('batch_size', '-')} x {loop.get('grad_accum', '-')}",
                      loop.get("lr", "-"), loop.get("betas", "-"), loop.get("weight_decay", "-"),
+                     loop.get("precision", "-"),
                      ", ".join(f"{k}={v}" for k, v in plan.config["hparams"].items()) or "-"])
-    print(tabulate(rows, headers=["method", "steps", "batch x accum", "lr", "betas", "wd", "hparams"]))
-    print(f"seeds: {', '.join(map(str, bench.seeds))}; cells: {len(bench.methods) * len(bench.seeds)}")
+    print(tabulate(rows, headers=["method", "steps", "batch x accum", "lr", "betas", "wd", "precision", "hparams"]))
+    forget = [f for f in bench.forget_sets if f is not None]
+    runs = max(1, len(forget)) * len(bench.seeds)
+    print(f"seeds: {', '.join(map(str, bench.seeds))}"
+          + (f"; forget sets ({len(forget)}): {', '.join(forget)}" if forget else "")
+          + f"; cells: {len(bench.methods) * runs}")
+    if estimate and tier.unet:
+        from unlearnbench.estimate import estimate_rows
+
+        rows, notes = estimate_rows(bench)
+        print()
+        print(tabulate(rows, headers=["method", "UNet passes per step", "unlearn h/cell", "eval h/cell", "cells",
+                                      "device-hours"]))
+        for note in notes:
+            print(f"  {note}")
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:

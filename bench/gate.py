@@ -90,7 +90,8 @@ def collect(results: Path) -> tuple[dict[Key, Cell], list[str]]:
     failed: list[str] = []
     for rec in load_records(results):
         c = rec["cell"]
-        cell_id = (str(c["task"]), str(c["tier"]), str(c["method"]), c["seed"])
+        run = c["seed"] if c.get("forget_set") is None else f"{c['forget_set']}/seed{c['seed']}"
+        cell_id = (str(c["task"]), str(c["tier"]), str(c["method"]), run)
         if rec.get("status") != "ok":
             failed.append(f"{'/'.join(map(str, cell_id[:3]))} seed {cell_id[3]}: {rec.get('error', 'failed')}")
             continue

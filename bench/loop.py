@@ -6,6 +6,7 @@ counting live here, which is what makes the methods' wall-clock comparable.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ class LoopConfig:
     betas: tuple[float, float] = (0.95, 0.999)
     weight_decay: float = 1e-6
     max_grad_norm: float = 1.0
+    precision: str = "fp32"  # "fp32" or "bf16" (autocast of the forward passes; master weights stay fp32)
 
 
 class DivergenceError(RuntimeError):
@@ -136,6 +138,24 @@ def add_to_grad(params: list[Tensor], grads: list[Tensor], scale: float = 1.0) -
             p.grad.add_(g, alpha=scale)
 
 
+PRECISIONS = ("fp32", "bf16")
+
+
+def precision_context(precision: str, device: torch.device) -> Callable[[], Any]:
+    """A factory of the autocast context for ``precision``.
+
+    bf16 needs no loss scaling, so it is the mixed precision offered to every method alike; fp16 is
+    not: the gradient-rule methods (SISS, EraseDiff) take several ``autograd.grad`` of unscaled
+    losses, which fp16 would underflow without a per-method loss scale.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; use one of {PRECISIONS} (fp16 is not supported: "
+                         "the gradient-rule methods would need their own loss scaling; bf16 needs none)")
+    if precision == "fp32":
+        return contextlib.nullcontext
+    return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
 def finetune(
     model: UNet2DModel,
     method: Any,
@@ -148,13 +168,15 @@ def finetune(
     state: Any = None,
     on_step: Callable[[int, UNet2DModel], dict[str, Any] | None] | None = None,
     progress: bool = True,
+    schedule: NoiseSchedule | None = None,
 ) -> LoopLog:
     """Run ``loop.steps`` AdamW steps of ``method`` on ``model`` in place and return the log.
 
     Samplers and noise are seeded from ``seed`` through CPU generators, so a run is
     reproducible on any device. ``on_step(step, model)`` may evaluate during unlearning.
     """
-    schedule = NoiseSchedule.from_scheduler()
+    schedule = schedule or NoiseSchedule.from_scheduler()
+    autocast = precision_context(loop.precision, device)
     model.to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=loop.lr, betas=loop.betas, weight_decay=loop.weight_decay)
@@ -172,7 +194,8 @@ def finetune(
             for _ in range(loop.grad_accum):
                 fi = next(forget_batches)
                 batch = Batch(retain[next(retain_batches)].to(device), forget[fi].to(device), fi)
-                step_loss += float(method.accumulate(ctx, batch, 1.0 / loop.grad_accum))
+                with autocast():
+                    step_loss += float(method.accumulate(ctx, batch, 1.0 / loop.grad_accum))
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, loop.max_grad_norm))
             if not (math.isfinite(step_loss) and math.isfinite(grad_norm)):
                 raise DivergenceError(f"non-finite loss {step_loss} or gradient norm {grad_norm} at step {step}")

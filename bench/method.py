@@ -14,6 +14,7 @@ import torch
 from diffusers import UNet2DModel
 from torch import Tensor
 
+from unlearnbench.diffusion import NoiseSchedule
 from unlearnbench.loop import Batch, LoopConfig, LoopLog, StepContext, add_to_grad, finetune
 
 
@@ -31,6 +32,7 @@ class UnlearnJob:
     artifacts: Any = None  # the task's prepared artifacts (e.g. the retrain oracle)
     on_step: Callable[[int, UNet2DModel], dict[str, Any] | None] | None = None
     progress: bool = True
+    schedule: NoiseSchedule | None = None  # the base model's noise schedule (None: the pixel DDPM schedule)
 
 
 @dataclass
@@ -104,7 +106,7 @@ class FineTuneMethod(Method):
         state = self.setup(job)
         log = finetune(
             model, self, job.retain, job.forget, job.loop, job.hparams, job.seed, job.device,
-            state=state, on_step=job.on_step, progress=job.progress,
+            state=state, on_step=job.on_step, progress=job.progress, schedule=job.schedule,
         )
         return UnlearnResult(model, log)
 

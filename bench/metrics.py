@@ -28,6 +28,8 @@ class MetricValue:
     available: bool = True
     reason: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: Overrides the registered implementation text when the definition is task-specific (forget_rate).
+    implementation: str | None = None
 
 
 @dataclass(frozen=True)
@@ -67,13 +69,26 @@ class EvalContext:
     cache_dir: Path
     device: torch.device
     inception_weights: str | None = None
+    task: Any = None  # the Task (task-defined metrics such as forget_rate read it)
+    data: Any = None  # the cell's TaskData (forget set, references, ``extra``)
+    model: Any = None  # the unlearned model (injection and likelihood metrics run it)
+    sample_sets: dict[str, Tensor] = field(default_factory=dict)  # what Task.generate returned
+    weights: dict[str, str | None] = field(default_factory=dict)  # user-supplied weights: sscd, clip, ...
+    tier_eval: dict[str, Any] = field(default_factory=dict)  # the tier's evaluation settings
+    seed: int = 0
+    memo: dict[str, Any] = field(default_factory=dict)  # work shared by several metrics of one cell
     _forget_mask: Tensor | None = None
+
+    progress: bool = False
 
     @property
     def forget_mask(self) -> Tensor:
-        """True where a sample is a copy of the forget image (the forget-rate criterion)."""
+        """True where a sample is a copy of the forget image (the task's criterion; quality skips them)."""
         if self._forget_mask is None:
-            self._forget_mask = tshirt_distance(self.samples, self.forget_image) < TSHIRT_L2_THRESHOLD
+            if self.task is None:
+                self._forget_mask = tshirt_distance(self.samples, self.forget_image) < TSHIRT_L2_THRESHOLD
+            else:
+                self._forget_mask = self.task.sample_copy_mask(self.samples, self.data)
         return self._forget_mask
 
     @property
@@ -108,22 +123,50 @@ def content_hash(*tensors: Tensor, salt: str = "") -> str:
 
 
 class _Images(torch.utils.data.Dataset):
-    """uint8 image tensors, as torch-fidelity wants them."""
+    """Images as uint8 tensors, as torch-fidelity wants them (lazily converted: works on lazy sets too)."""
 
-    def __init__(self, images: Tensor, channels: int | None = None) -> None:
-        self.images = to_uint8(images)
+    def __init__(self, images: Any, channels: int | None = None) -> None:
+        self.images = images
         self.channels = channels
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, i: int) -> Tensor:
-        img = self.images[i]
+        img = to_uint8(self.images[i])
         return img.expand(self.channels, -1, -1).contiguous() if self.channels else img
 
 
+class _Subset:
+    """A seeded random subset of a (possibly lazy) image set: the FID reference when a tier caps its size."""
+
+    def __init__(self, images: Any, size: int | None, seed: int = 0) -> None:
+        self.images = images
+        n = len(images)
+        if size is None or size >= n:
+            self.index = torch.arange(n)
+        else:
+            self.index = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:size].sort().values
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> Tensor:
+        return self.images[int(self.index[i])]
+
+    def describe(self) -> str:
+        total = len(self.images)
+        return (f"all {total} training images" if len(self) == total
+                else f"{len(self)} of {total} training images (seeded random subset)")
+
+
+def fid_reference(ctx: "EvalContext") -> _Subset:
+    """The FID reference set: the retain (training) images, capped by the tier's ``fid_reference_size``."""
+    return _Subset(ctx.retain, ctx.tier_eval.get("fid_reference_size"))
+
+
 def _fidelity(ctx: EvalContext, extractor: str, weights: str, isc: bool, fid: bool, channels: int | None = None,
-              salt: str = "") -> dict[str, float]:
+              salt: str = "", **options: Any) -> dict[str, float]:
     import torch_fidelity
 
     kept = ctx.kept
@@ -131,21 +174,41 @@ def _fidelity(ctx: EvalContext, extractor: str, weights: str, isc: bool, fid: bo
         input1=_Images(kept, channels), input1_cache_name="s" + content_hash(kept, salt=salt + extractor),
         feature_extractor=extractor, feature_extractor_weights_path=weights, isc=isc, fid=fid, isc_splits=10,
         cuda=ctx.device.type == "cuda", batch_size=256, save_cpu_ram=True, verbose=False,
-        cache_root=str(ctx.cache_dir / "torch-fidelity"), cache=True,
+        cache_root=str(ctx.cache_dir / "torch-fidelity"), cache=True, **options,
     )
     if fid:
-        kwargs.update(input2=_Images(ctx.retain, channels),
-                      input2_cache_name="r" + content_hash(ctx.retain, salt=salt + extractor))
+        ref = fid_reference(ctx)
+        kwargs.update(input2=_Images(ref, channels), input2_cache_name="r" + _reference_hash(ref, salt + extractor))
     return torch_fidelity.calculate_metrics(**kwargs)
 
 
+def _reference_hash(ref: _Subset, salt: str) -> str:
+    """Content hash of a reference set, streamed in chunks (lazy sets are never held whole)."""
+    h = hashlib.sha256(salt.encode())
+    h.update(str(len(ref)).encode())
+    for start in range(0, len(ref), 1024):
+        idx = ref.index[start : start + 1024]
+        h.update(content_hash(ref.images[idx] if isinstance(ref.images, Tensor) else ref.images[idx]).encode())
+    return h.hexdigest()[:24]
+
+
+TSHIRT_FREQUENCY = ("fraction of generated samples with L2 distance < 10 to the forget image "
+                    "(pixels in [0,1], 28x28 = 784-d): the SISS/ReTrack T-shirt frequency")
+
+
 @register_metric("forget_rate", higher_is_better=False, tolerance=0.01,
-                 implementation="fraction of generated samples with L2 distance < 10 to the forget image "
-                                "(pixels in [0,1], 28x28 = 784-d): the SISS/ReTrack T-shirt frequency")
+                 implementation="task-defined (each value records its definition); MNIST T-Shirt: " + TSHIRT_FREQUENCY)
 def forget_rate(ctx: EvalContext) -> MetricValue:
+    if ctx.task is not None:
+        return ctx.task.forget_rate(ctx)
+    return sample_copy_rate(ctx)
+
+
+def sample_copy_rate(ctx: EvalContext) -> MetricValue:
+    """Fraction of generated samples that are copies of the forget image (MNIST T-Shirt's T-shirt frequency)."""
     mask = ctx.forget_mask
     return MetricValue(float(mask.float().mean()), n_samples=len(mask), reference="the forget image",
-                       extra={"copies": int(mask.sum())})
+                       extra={"copies": int(mask.sum())}, implementation=TSHIRT_FREQUENCY)
 
 
 def _classifier_unavailable(ctx: EvalContext) -> MetricValue | None:
@@ -219,17 +282,152 @@ def _online() -> bool:
 
 
 @register_metric("fid", higher_is_better=False, tolerance=0.10, relative=True,
-                 implementation="Inception-v3 FID (torch-fidelity inception-v3-compat, 2048-d pool features, grayscale "
-                                "repeated to 3 channels), non-forget samples vs the retain set")
+                 implementation="Inception-v3 FID (torch-fidelity inception-v3-compat, 2048-d pool features; grayscale "
+                                "repeated to 3 channels), non-forget samples vs the training (retain) images")
 def fid(ctx: EvalContext) -> MetricValue:
     weights, how = find_inception_weights(ctx.inception_weights)
     if weights is None and how != "download":
         return MetricValue(None, available=False, reason=how)
     channels = 3 if ctx.samples.shape[1] == 1 else None
+    layer = str(ctx.tier_eval.get("fid_feature_layer", "2048"))
     out = _fidelity(ctx, "inception-v3-compat", weights, isc=False, fid=True, channels=channels,
-                    salt=weights or "download")
+                    salt=_weights_salt(weights), feature_layer_fid=layer)
+    implementation = None
+    if layer != "2048":  # a test tier's shortcut, stated in the record: FID of a smaller Inception layer
+        implementation = f"Inception-v3 FID on the {layer}-d feature layer (not the standard 2048-d pool), " \
+                         "non-forget samples vs the training images"
     return MetricValue(out["frechet_inception_distance"], n_samples=len(ctx.kept),
-                       reference=f"retain set ({len(ctx.retain)} images)", extra={"weights": how})
+                       reference=fid_reference(ctx).describe(), extra={"weights": how, "feature_layer": layer},
+                       implementation=implementation)
+
+
+def _weights_salt(weights: str | None) -> str:
+    return hashlib.sha256(Path(weights).read_bytes()).hexdigest()[:16] if weights else "download"
+
+
+@register_metric("inception_score", higher_is_better=True, tolerance=0.05, relative=True,
+                 implementation="Inception Score (torch-fidelity isc, inception-v3-compat logits, 10 splits) of the "
+                                "generated samples that are not copies of the forget image")
+def inception_score(ctx: EvalContext) -> MetricValue:
+    weights, how = find_inception_weights(ctx.inception_weights)
+    if weights is None and how != "download":
+        return MetricValue(None, available=False, reason=how)
+    if len(ctx.kept) < 10:
+        return MetricValue(None, n_samples=len(ctx.kept), available=False,
+                           reason=f"only {len(ctx.kept)} samples (10 splits need at least 10)")
+    channels = 3 if ctx.samples.shape[1] == 1 else None
+    out = _fidelity(ctx, "inception-v3-compat", weights, isc=True, fid=False, channels=channels,
+                    salt=_weights_salt(weights))
+    return MetricValue(out["inception_score_mean"], n_samples=len(ctx.kept), reference="none (unary)",
+                       extra={"weights": how, "std_over_splits": out["inception_score_std"]})
+
+
+# --- injection metrics (CIFAR-10, CelebA-HQ): the forget image noised to t = 250, then denoised ---
+
+def injections(ctx: EvalContext) -> Tensor:
+    """The cell's denoised injections (computed once, shared by sscd / forget_rate / forget_rate_pixel)."""
+    from unlearnbench.injection import denoise_injections
+
+    if "injections" not in ctx.memo:
+        ctx.memo["injections"] = denoise_injections(
+            ctx.model, ctx.forget_image, n=ctx.tier_eval.get("injections", 16), seed=ctx.seed, device=ctx.device,
+            steps=ctx.tier_eval.get("injection_steps"))
+    return ctx.memo["injections"]
+
+
+def _injection_note(ctx: EvalContext) -> str:
+    steps = ctx.tier_eval.get("injection_steps")
+    return (f"{ctx.tier_eval.get('injections', 16)} seeded injections: the forget image noised to t = 250, "
+            f"denoised by DDPM {'250 -> 0, every step' if steps is None else f'250 -> 0 in {steps} steps'}")
+
+
+SSCD_MISSING = ("SSCD weights not given: pass --sscd-weights PATH/sscd_disc_mixup.torchscript.pt "
+                "(facebookresearch/sscd-copy-detection model zoo)")
+
+
+def sscd_similarities(ctx: EvalContext) -> Tensor | None:
+    """SSCD cosine similarity of each injection output to the forget image (None without SSCD weights)."""
+    from unlearnbench.sscd import load_sscd, sscd_similarity
+
+    path = ctx.weights.get("sscd")
+    if not path:
+        return None
+    if "sscd" not in ctx.memo:
+        model = load_sscd(path, device=ctx.device)
+        ctx.memo["sscd"] = sscd_similarity(model, injections(ctx), ctx.forget_image)
+    return ctx.memo["sscd"]
+
+
+@register_metric("sscd", higher_is_better=False, tolerance=0.05,
+                 implementation="mean SSCD cosine similarity (sscd_disc_mixup descriptors) between the forget image "
+                                "and its injections denoised by the unlearned model (protocols.md §4)")
+def sscd(ctx: EvalContext) -> MetricValue:
+    sims = sscd_similarities(ctx)
+    if sims is None:
+        return MetricValue(None, available=False, reason=SSCD_MISSING)
+    return MetricValue(float(sims.mean()), n_samples=len(sims), reference="the forget image",
+                       extra={"definition": _injection_note(ctx), "std": float(sims.std()) if len(sims) > 1 else 0.0,
+                              "weights": str(ctx.weights.get("sscd"))})
+
+
+def injection_copy_rate(ctx: EvalContext) -> MetricValue:
+    """forget_rate of the injection tasks: the fraction of injections SSCD calls a copy."""
+    from unlearnbench.sscd import COPY_THRESHOLD
+
+    sims = sscd_similarities(ctx)
+    definition = (f"fraction of {_injection_note(ctx)}, whose SSCD similarity to the forget image exceeds "
+                  f"{COPY_THRESHOLD} (the copy threshold of Somepalli et al. 2023)")
+    if sims is None:
+        return MetricValue(None, available=False, reason=SSCD_MISSING + "; forget_rate_pixel is computed without it",
+                           implementation=definition)
+    copies = sims > COPY_THRESHOLD
+    return MetricValue(float(copies.float().mean()), n_samples=len(sims), reference="the forget image",
+                       extra={"copies": int(copies.sum()), "threshold": COPY_THRESHOLD}, implementation=definition)
+
+
+@register_metric("forget_rate_pixel", higher_is_better=False, tolerance=0.05,
+                 implementation="fraction of injections (forget image noised to t = 250, denoised by the unlearned "
+                                "model) closer to the forget image than half the distance from the forget image to "
+                                "its nearest retain image (RMS distance on [0, 1] pixels); no SSCD weights needed")
+def forget_rate_pixel(ctx: EvalContext) -> MetricValue:
+    from unlearnbench.injection import rms_distance
+    from unlearnbench.neighbours import cached_knn_search
+    from unlearnbench.paths import cache_root
+
+    outs = injections(ctx)
+    sq, index = cached_knn_search(ctx.forget_image, ctx.retain, min(64, len(ctx.retain)), cache_root() / "knn")
+    dims = ctx.forget_image[0].numel()
+    nearest = (sq[0] / dims).sqrt() / 2  # squared L2 on [−1, 1] pixels -> RMS on [0, 1] pixels
+    threshold = float(nearest[0]) / 2
+    dist = rms_distance(outs, ctx.forget_image)
+    copies = dist < threshold
+    q = torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0], dtype=torch.float64)
+    return MetricValue(
+        float(copies.float().mean()), n_samples=len(outs), reference="the forget image",
+        extra={"copies": int(copies.sum()), "threshold_rms": threshold,
+               "nearest_retain_rms": [round(float(v), 5) for v in nearest[:10]],
+               "injection_rms_quantiles": [round(float(v), 5) for v in torch.quantile(dist.double(), q)],
+               "definition": _injection_note(ctx)})
+
+
+@register_metric("nll", higher_is_better=True, tolerance=0.05, relative=True,
+                 implementation="negative log-likelihood of the forget image in bits/dim under the unlearned model: "
+                                "probability-flow ODE (VPSDE beta 0.1 -> 20), scipy RK45 rtol = atol = 1e-5, "
+                                "Hutchinson divergence, uniform dequantization (bench/likelihood.py)")
+def nll(ctx: EvalContext) -> MetricValue:
+    from unlearnbench.likelihood import nll_bits_per_dim
+
+    probes = int(ctx.tier_eval.get("nll_probes", 1))
+    tol = float(ctx.tier_eval.get("nll_tolerance", 1e-5))
+    values = torch.cat([nll_bits_per_dim(ctx.model, ctx.forget_image, seed=ctx.seed * 1000 + i, device=ctx.device,
+                                         rtol=tol, atol=tol) for i in range(probes)])
+    implementation = None
+    if tol != 1e-5:  # a test tier's shortcut, stated in the record
+        implementation = (f"NLL of the forget image in bits/dim by the probability-flow ODE, RK45 at rtol = atol = "
+                          f"{tol:g} (the protocol's 1e-5 loosened for speed), Hutchinson divergence, dequantized")
+    return MetricValue(float(values.mean()), n_samples=probes, reference="the forget image",
+                       extra={"per_probe": [round(float(v), 5) for v in values], "tolerance": tol},
+                       implementation=implementation)
 
 
 def _dir_hash(folder: Path) -> str:

@@ -21,7 +21,10 @@ def unique_rows(x: Tensor) -> tuple[Tensor, Tensor]:
     return uniq, inverse
 
 
-def knn_search(queries: Tensor, database: Tensor, k: int, chunk_size: int = 65536) -> tuple[Tensor, Tensor]:
+CHUNK_BYTES = 512 << 20  # retain rows read per chunk: bounded memory whatever the image size
+
+
+def knn_search(queries: Tensor, database: Tensor, k: int, chunk_size: int | None = None) -> tuple[Tensor, Tensor]:
     """Squared L2 distances and indices of the ``k`` nearest ``database`` rows of each query.
 
     Exact (faiss brute-force ``knn``, no index built) over database chunks, merged with a top-k;
@@ -31,6 +34,7 @@ def knn_search(queries: Tensor, database: Tensor, k: int, chunk_size: int = 6553
         raise ValueError(f"k = {k} exceeds the retain set size {len(database)}")
     uniq, inverse = unique_rows(queries)
     q = np.ascontiguousarray(uniq.numpy().astype(np.float32))
+    chunk_size = chunk_size or max(1, min(65536, CHUNK_BYTES // (q.shape[1] * 4)))
     best_d = torch.full((len(q), 0), float("inf"))
     best_i = torch.zeros((len(q), 0), dtype=torch.long)
     for start in range(0, len(database), chunk_size):
@@ -79,9 +83,11 @@ def cached_knn_search(queries: Tensor, database: Tensor, k: int, cache: Path | N
     if cache is None:
         return knn_search(queries, database, k)
     h = hashlib.sha256()
-    for t in (database, unique_rows(queries)[0]):
-        h.update(str(tuple(t.shape)).encode())
-        h.update(t.contiguous().numpy().tobytes())
+    h.update(str((len(database), *queries.shape[1:])).encode())
+    for start in range(0, len(database), 4096):  # chunked: lazily decoded retain sets stream too
+        h.update(database[start : start + 4096].contiguous().numpy().tobytes())
+    uniq = unique_rows(queries)[0]
+    h.update(uniq.contiguous().numpy().tobytes())
     h.update(f"k={k}".encode())
     path = Path(cache) / f"knn-{h.hexdigest()[:24]}.npz"
     uniq, inverse = unique_rows(queries)

@@ -119,9 +119,13 @@ def _flatten(obj: Any, prefix: str = "") -> dict[str, str]:
     return {prefix.rstrip("."): value}
 
 
+RUN_KEYS = ("seed", "forget_set")  # what distinguishes the runs averaged in one row
+
+
 def _variant(rec: dict[str, Any]) -> str:
-    """The hash of a record's config without its seed: records of one variant are seeds of one row."""
-    config = {k: v for k, v in (rec.get("config") or {}).items() if k != "seed"}
+    """The hash of a record's config without its run identity (seed, forget set): one variant is one row,
+    its runs (seeds, or forget images as in CIFAR-10 / CelebA-HQ, or prompts) averaged."""
+    config = {k: v for k, v in (rec.get("config") or {}).items() if k not in RUN_KEYS}
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -129,7 +133,7 @@ def _variant_labels(method: str, configs: dict[str, dict[str, Any]]) -> dict[str
     """Row labels: the method name, plus the settings that differ when it ran in several configs."""
     if len(configs) == 1:
         return {key: method for key in configs}
-    flat = {key: _flatten({k: v for k, v in cfg.items() if k != "seed"}) for key, cfg in configs.items()}
+    flat = {key: _flatten({k: v for k, v in cfg.items() if k not in RUN_KEYS}) for key, cfg in configs.items()}
     keys = sorted(set().union(*flat.values()))
     differ = [k for k in keys if len({f.get(k, "—") for f in flat.values()}) > 1]
     own = [k for k in differ if not k.startswith(("user_overrides.", "tuned_overrides."))] or differ

@@ -42,14 +42,16 @@ def software_versions() -> dict[str, str]:
     import diffusers
     import faiss
     import numpy
+    import scipy
     import torch_fidelity
+    import transformers
 
     import unlearnbench
 
     return {
         "python": platform.python_version(), "torch": torch.__version__, "diffusers": diffusers.__version__,
         "torch_fidelity": torch_fidelity.__version__, "faiss": faiss.__version__, "numpy": numpy.__version__,
-        "unlearnbench": unlearnbench.__version__,
+        "scipy": scipy.__version__, "transformers": transformers.__version__, "unlearnbench": unlearnbench.__version__,
     }
 
 

@@ -23,7 +23,7 @@ from unlearnbench.registry import METHODS, METRICS, TASKS, load_all
 from unlearnbench.results import (
     SCHEMA_VERSION, config_hash, device_info, git_commit, record_name, software_versions,
 )
-from unlearnbench.sampling import SamplerConfig, generate
+from unlearnbench.sampling import SamplerConfig
 from unlearnbench.task import Task, TaskData, Tier
 
 
@@ -59,6 +59,8 @@ class RunOptions:
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     metrics: list[str] | None = None
     inception_weights: str | None = None
+    sscd_weights: str | None = None
+    clip_weights: str | None = None
     eval_every: int = 0
     progress: bool = True
     executor: str = "local"  # local | pool | ray (bench/executors.py)
@@ -102,7 +104,7 @@ class Benchmark:
         self.task: Task = TASKS.get(opts.task)
         self.task_name = TASKS.canonical(opts.task)
         self.tier: Tier = self.task.tier(opts.tier or self.task.default_tier)
-        self.methods = [METHODS.canonical(m) for m in (opts.methods or METHODS.names())]
+        self.methods = self._resolve_methods(opts.methods)
         self.seeds = list(opts.seeds if opts.seeds is not None else self.tier.seeds)
         self.sampler: SamplerConfig = _with(self.tier.sampler, opts.overrides.get("sampler", {}), "sampler")
         self.metric_names = [METRICS.canonical(m) for m in (opts.metrics or self._default_metrics())]
@@ -110,18 +112,40 @@ class Benchmark:
             self.metric_names.append("deletion_step")
         self.device = resolve_device(opts.device)
         self.out = Path(opts.out or Path("runs") / f"{self.task_name}-{self.tier.name}")
-        self.artifacts = Artifacts(self.task, self.tier, opts.base_model, opts.base_subfolder)
-        self._data: TaskData | None = None
+        self.forget_sets = list(self.task.forget_sets(self.tier, opts.data_root))
+        self.artifacts = self.artifacts_for(None)
+        self._data: dict[str | None, TaskData] = {}
         self._base: tuple[Any, dict[str, Any]] | None = None
+
+    def _resolve_methods(self, asked: list[str] | None) -> list[str]:
+        """Canonical method names; a method the task cannot run is an error when asked for, skipped otherwise."""
+        unsupported = self.task.unsupported_methods
+        if asked:
+            names = [METHODS.canonical(m) for m in asked]
+            for name in names:
+                if name in unsupported:
+                    raise ValueError(f"method {name!r} does not run on task {self.task_name!r}: {unsupported[name]}")
+            return names
+        skipped = [m for m in METHODS.names() if m in unsupported]
+        for name in skipped:
+            self.log(f"skipping {name} on {self.task_name}: {unsupported[name]}")
+        return [m for m in METHODS.names() if m not in unsupported]
 
     def _default_metrics(self) -> list[str]:
         return [m for m in self.tier.metrics if m not in self.tier.off_by_default]
 
+    def artifacts_for(self, forget_set: str | None) -> Artifacts:
+        return Artifacts(self.task, self.tier, self.opts.base_model, self.opts.base_subfolder, forget_set)
+
+    def data_for(self, forget_set: str | None) -> TaskData:
+        """The task's data for one forget set (loaded once per process)."""
+        if forget_set not in self._data:
+            self._data[forget_set] = self.task.load(self.opts.data_root, forget_set)
+        return self._data[forget_set]
+
     @property
     def data(self) -> TaskData:
-        if self._data is None:
-            self._data = self.task.load(self.opts.data_root)
-        return self._data
+        return self.data_for(self.forget_sets[0])
 
     def plan(self) -> list[CellPlan]:
         """Every cell's resolved config; needs the base model's identity, not its training."""
@@ -137,8 +161,10 @@ class Benchmark:
             hp_updates = {k: v for k, v in {**tuned, **user}.items() if k not in loop_fields}
             loop = _with(self.tier.unlearning, loop_updates, "loop")
             hparams = method.hparams(self.task.protocol, hp_updates)
-            for seed in self.seeds:
+            for forget_set, seed in ((f, s) for f in self.forget_sets for s in self.seeds):
                 cell = {"task": self.task_name, "tier": self.tier.name, "method": method_name, "seed": seed}
+                if forget_set is not None:
+                    cell["forget_set"] = forget_set
                 config = {
                     "task": self.task_name, "task_version": self.task.version, "protocol": self.task.protocol,
                     "data_source": self.task.source if hasattr(self.task, "source") else None,
@@ -149,6 +175,8 @@ class Benchmark:
                     "seed": seed, "sampler": dataclasses.asdict(self.sampler),
                     "metrics": {m: METRICS.get(m).version for m in self.metric_names},
                     "eval_every": self.opts.eval_every, "base_model": base_id,
+                    **({"forget_set": forget_set} if forget_set is not None else {}),
+                    **({"tier_eval": self.tier.eval} if self.tier.eval else {}),
                 }
                 digest = config_hash(config)
                 plans.append(CellPlan(cell, config, digest, loop, hparams,
@@ -158,15 +186,32 @@ class Benchmark:
     def _base_identity(self) -> str:
         if self.opts.base_model:
             return f"{self.opts.base_model}:{self.opts.base_subfolder or ''}"
+        if self.tier.base_model:
+            return f"{self.tier.base_model}:{self.tier.base_subfolder or ''}"
         return f"prepared:{self.task_name}/{self.tier.name}"
 
+    def needed_artifacts(self) -> tuple[str, ...]:
+        """Prepared artefacts this run uses: the oracle only if retrain runs, the classifier only if scored."""
+        from unlearnbench.artifacts import BASE, CLASSIFIER, RETRAIN
+
+        needed = [] if self.task.loads_own_base else [BASE]
+        if "retrain" in self.methods:
+            needed.append(RETRAIN)
+        if {"is_clf", "fid_clf"} & set(self.metric_names):
+            needed.append(CLASSIFIER)
+        return tuple(needed)
+
     def ensure_prepared(self) -> None:
-        missing = self.artifacts.missing()
-        if missing:
-            self.log(f"preparing {', '.join(missing)} for {self.task_name}/{self.tier.name} "
-                     f"(cached in {cache_dir(self.task_name, self.tier.name)}) ...")
-            prepare(self.task, self.tier, self.data, self.device, only=tuple(missing), progress=self.opts.progress,
-                    log=self.log, data_root=self.opts.data_root)
+        needed = self.needed_artifacts()
+        for forget_set in self.forget_sets:
+            artifacts = self.artifacts_for(forget_set)
+            missing = [k for k in artifacts.missing(needed) if forget_set == self.forget_sets[0] or k == "retrain"]
+            if missing:
+                self.log(f"preparing {', '.join(missing)} for {self.task_name}/{self.tier.name}"
+                         f"{'' if forget_set is None else f' (forget set {forget_set})'} "
+                         f"(cached in {cache_dir(self.task_name, self.tier.name)}) ...")
+                prepare(self.task, self.tier, self.data_for(forget_set), self.device, only=tuple(missing),
+                        progress=self.opts.progress, log=self.log, data_root=self.opts.data_root)
 
     def run(self) -> list[dict[str, Any]]:
         """Run every missing cell; return all records of this plan (finished ones reused)."""
@@ -186,11 +231,16 @@ class Benchmark:
                 get_executor(self.opts.executor, **self.opts.executor_options).run(self.opts, [p.digest for p in todo])
         return [_read(p.path) for p in plans]
 
+    def base_model(self) -> tuple[Any, dict[str, Any]]:
+        """The model every cell unlearns (loaded once per process): the task's own loader or a diffusers UNet."""
+        if self._base is None:
+            own = self.task.load_base(self.tier, self.opts.base_model, self.opts.base_subfolder, self.device)
+            self._base = own if own is not None else self.artifacts.base_model()
+        return self._base
+
     def execute(self, plan: CellPlan) -> None:
         """Run one cell and write its record atomically (what every executor calls, in any process)."""
-        if self._base is None:
-            self._base = self.artifacts.base_model()
-        atomic_write_json(plan.path, self.run_cell(plan, *self._base))
+        atomic_write_json(plan.path, self.run_cell(plan, *self.base_model()))
 
     def execute_digest(self, digest: str) -> None:
         """Run the cell whose config hash is ``digest`` (how workers receive cells)."""
@@ -206,31 +256,37 @@ class Benchmark:
 
     def run_cell(self, plan: CellPlan, base: Any, base_info: dict[str, Any]) -> dict[str, Any]:
         method = METHODS.get(plan.cell["method"])()
-        self.log(f"cell {plan.cell['method']} seed {plan.cell['seed']} ...")
+        forget_set = plan.cell.get("forget_set")
+        self.log(f"cell {plan.cell['method']} seed {plan.cell['seed']}"
+                 f"{'' if forget_set is None else f' forget set {forget_set}'} ...")
+        data = self.data_for(forget_set)
         record: dict[str, Any] = {
             "schema_version": SCHEMA_VERSION, "cell": plan.cell, "config": plan.config, "config_hash": plan.digest,
-            "data_source": self.data.source, "base_model": base_info, "software": software_versions(),
+            "data_source": data.source, "base_model": base_info, "software": software_versions(),
             "git_commit": git_commit(), "device": device_info(self.device),
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         try:
+            self.task.check_model(base, data)
             torch.manual_seed(plan.cell["seed"])
             job = UnlearnJob(
-                base_model=copy.deepcopy(base).to(self.device), retain=self.data.retain, forget=self.data.forget,
+                base_model=copy.deepcopy(base).to(self.device), retain=data.retain, forget=data.forget,
                 loop=plan.loop, hparams=plan.hparams, seed=plan.cell["seed"], device=self.device,
-                artifacts=self.artifacts, progress=self.opts.progress,
-                on_step=self._step_evaluator(plan.cell["seed"]) if self.opts.eval_every else None,
+                artifacts=self.artifacts_for(forget_set), progress=self.opts.progress,
+                on_step=self._step_evaluator(plan.cell["seed"], data) if self.opts.eval_every else None,
+                schedule=self.task.noise_schedule(self.tier),
             )
             if self.device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(self.device)
             result = method.unlearn(job)
             started = time.perf_counter()
-            samples = generate(result.model.to(self.device), self.sampler, seed=plan.cell["seed"],
-                               device=self.device, progress=self.opts.progress)
+            model = result.model.to(self.device)
+            sets = self.task.generate(model, self.sampler, plan.cell["seed"], self.device, data, self.opts.progress)
+            samples = sets["samples"]
             grid = self.out / "samples" / plan.path.name.replace(".json", ".png")
             grid.parent.mkdir(parents=True, exist_ok=True)
             save_image((samples[:64] + 1) / 2, grid, nrow=8)
-            metrics = self.score(samples, result.log)
+            metrics = self.score(self.eval_context(sets, data, model, plan.cell["seed"]), result.log)
             record.update({
                 "status": "ok", "metrics": metrics, "sample_grid": str(grid.relative_to(self.out)),
                 "costs": {"unlearn_seconds": result.log.seconds, "unet_forward": result.log.unet_forward,
@@ -247,34 +303,37 @@ class Benchmark:
             self.log(f"  failed: {err}")
         return record
 
-    def eval_context(self, samples: torch.Tensor) -> EvalContext:
+    def eval_context(self, sets: dict[str, torch.Tensor], data: TaskData, model: Any, seed: int) -> EvalContext:
         classifier_dir = None
         if any(m in self.metric_names for m in ("is_clf", "fid_clf")):
             classifier_dir = self.artifacts.classifier_dir()
-        return EvalContext(samples=samples, forget_image=self.data.forget_image, retain=self.data.retain,
+        return EvalContext(samples=sets["samples"], forget_image=data.forget_image, retain=data.retain,
                            classifier_dir=classifier_dir, cache_dir=cache_dir(self.task_name, self.tier.name),
-                           device=self.device, inception_weights=self.opts.inception_weights)
+                           device=self.device, inception_weights=self.opts.inception_weights, task=self.task,
+                           data=data, model=model, sample_sets=sets, seed=seed, tier_eval=self.tier.eval,
+                           weights={"inception": self.opts.inception_weights, "sscd": self.opts.sscd_weights,
+                                    "clip": self.opts.clip_weights},
+                           progress=self.opts.progress)
 
-    def score(self, samples: torch.Tensor, log: Any) -> dict[str, Any]:
-        ctx = self.eval_context(samples)
+    def score(self, ctx: EvalContext, log: Any) -> dict[str, Any]:
         out = {}
         for name in self.metric_names:
             metric = METRICS.get(name)
             value: MetricValue = metric.compute(ctx) if metric.kind == "sample" else metric.compute(log)
             out[name] = {"value": value.value, "higher_is_better": metric.higher_is_better,
-                         "implementation": metric.implementation, "version": metric.version,
+                         "implementation": value.implementation or metric.implementation, "version": metric.version,
                          "n_samples": value.n_samples, "reference": value.reference,
                          "available": value.available, "reason": value.reason, **({"extra": value.extra} if value.extra else {})}
         return out
 
-    def _step_evaluator(self, seed: int) -> Callable[[int, Any], dict[str, Any] | None]:
+    def _step_evaluator(self, seed: int, data: TaskData) -> Callable[[int, Any], dict[str, Any] | None]:
         eval_sampler = dataclasses.replace(self.sampler, num_samples=min(self.sampler.num_samples, 256))
 
         def evaluate(step: int, model: Any) -> dict[str, Any] | None:
             if step % self.opts.eval_every:
                 return None
-            samples = generate(model, eval_sampler, seed=seed, device=self.device, progress=False)
-            ctx = self.eval_context(samples)
+            sets = self.task.generate(model, eval_sampler, seed, self.device, data, False)
+            ctx = self.eval_context(sets, data, model, seed)
             return {"forget_rate": METRICS.get("forget_rate").compute(ctx).value, "n_samples": len(samples)}
 
         return evaluate

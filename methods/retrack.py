@@ -68,7 +68,7 @@ class ReTrack(FineTuneMethod):
     def setup(self, job: UnlearnJob) -> Tensor:
         """(len(forget), K, D) neighbours of every forget sample, searched once per distinct sample."""
         _, index = cached_knn_search(job.forget, job.retain, job.hparams.k, cache_root() / "knn")
-        return job.retain.flatten(1)[index]
+        return job.retain[index.reshape(-1)].flatten(1).reshape(*index.shape, -1)
 
     def neighbours(self, ctx: StepContext, batch: Batch) -> Tensor:
         return ctx.state[batch.forget_index].to(ctx.device)

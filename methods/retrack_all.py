@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
+from unlearnbench.imagesets import as_tensor
 from unlearnbench.loop import Batch, StepContext
 from unlearnbench.method import UnlearnJob
 from unlearnbench.methods.retrack import ReTrack
@@ -24,7 +25,7 @@ class ReTrackAll(ReTrack):
     published = {family: {"lam": v["lam"]} for family, v in ReTrack.published.items()}
 
     def setup(self, job: UnlearnJob) -> Tensor:
-        return job.retain.flatten(1)
+        return as_tensor(job.retain).flatten(1)
 
     def neighbours(self, ctx: StepContext, batch: Batch) -> Tensor:
         return ctx.state.to(ctx.device)

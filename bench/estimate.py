@@ -1,0 +1,133 @@
+"""Cost estimate of a planned run, printed by ``run --dry-run``: device-hours from measured costs.
+
+Two things are measured, nothing is assumed about the hardware:
+
+* the tier's UNet (random weights, the published architecture) on the run's device: seconds
+  per sample of a forward pass and of a forward + backward pass, at a stated micro-batch;
+* each method's UNet passes per unlearning step (forward and backward, in units of the batch
+  per branch), counted by the loop's pass counter on one step of a tiny model.
+
+Cell cost = unlearning (steps × accumulation × batch × passes × per-sample cost) + sampling
+(samples × sampler steps × forward) + injections (n × denoising steps × forward) + NLL
+(model evaluations × forward + backward, ~1,000 at the protocol's tolerance: measured on a small
+UNet, bench/likelihood.py). The oracle is counted once per forget set: its training recipe.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from unlearnbench.diffusion import build_unet
+from unlearnbench.injection import INJECTION_T
+from unlearnbench.loop import LoopConfig, finetune
+from unlearnbench.registry import METHODS
+
+NLL_EVALUATIONS = 1000  # RK45 at rtol = atol = 1e-5 on a 28x28 UNet (measured, bench/likelihood.py notes)
+
+
+@dataclass(frozen=True)
+class UnetCost:
+    forward: float  # seconds per sample
+    train: float  # seconds per sample, forward + backward
+    batch: int
+    device: str
+    parameters: int
+
+
+def measure_unet(config: dict[str, Any], device: torch.device, batch: int, repeats: int = 2) -> UnetCost:
+    """Per-sample seconds of the UNet ``config`` on ``device`` at micro-batch ``batch`` (median of repeats)."""
+    torch.manual_seed(0)
+    model = build_unet(config).to(device)
+    shape = (batch, config["in_channels"], config["sample_size"], config["sample_size"])
+    x = torch.randn(shape, device=device)
+    t = torch.randint(0, 1000, (batch,), device=device)
+
+    def timed(train: bool) -> float:
+        runs = []
+        for _ in range(repeats + 1):  # the first run warms up
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            with torch.set_grad_enabled(train):
+                out = model(x, t).sample
+                if train:
+                    out.pow(2).mean().backward()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            runs.append(time.perf_counter() - start)
+        return sorted(runs[1:])[len(runs[1:]) // 2] / batch
+
+    return UnetCost(timed(False), timed(True), batch, str(device), sum(p.numel() for p in model.parameters()))
+
+
+def passes_per_step(method_name: str, protocol: str) -> tuple[float, float]:
+    """(forward, backward) UNet passes per unlearning step, counted on one step of a tiny model."""
+    method = METHODS.get(method_name)
+    if not method.finetunes:
+        return 0.0, 0.0
+    tiny = {"sample_size": 8, "in_channels": 1, "out_channels": 1, "layers_per_block": 1,
+            "block_out_channels": (4, 8), "norm_num_groups": 4,
+            "down_block_types": ("DownBlock2D",) * 2, "up_block_types": ("UpBlock2D",) * 2}
+    generator = torch.Generator().manual_seed(0)
+    retain, forget = torch.randn(16, 1, 8, 8, generator=generator), torch.randn(2, 1, 8, 8, generator=generator)
+    model = build_unet(tiny)
+    loop = LoopConfig(steps=1, batch_size=2, lr=1e-4)
+    hparams = method.hparams(protocol)
+    instance = method()
+    log = finetune(copy.deepcopy(model), instance, retain, forget, loop, hparams, 0, torch.device("cpu"),
+                   state=instance.setup(_Job(retain, forget, hparams)), progress=False)
+    return log.unet_forward, log.unet_backward
+
+
+@dataclass
+class _Job:
+    """The fields a method's ``setup`` reads (a stand-in for UnlearnJob when only counting passes)."""
+
+    retain: torch.Tensor
+    forget: torch.Tensor
+    hparams: Any
+
+
+def estimate_rows(bench: Any, micro_batch: int | None = None) -> tuple[list[list[Any]], list[str]]:
+    """Rows (method, passes, unlearn h, eval h, cells, total h) and notes for a planned ``Benchmark``."""
+    tier = bench.tier
+    device = bench.device
+    micro = micro_batch or (min(tier.unlearning.batch_size, 32) if device.type == "cuda" else 2)
+    cost = measure_unet(dict(tier.unet), device, micro)
+    loop, sampler, ev = tier.unlearning, bench.sampler, tier.eval
+    eval_s = sampler.num_samples * sampler.steps * cost.forward
+    if "forget_rate_pixel" in bench.metric_names or "sscd" in bench.metric_names:
+        steps = ev.get("injection_steps") or INJECTION_T + 1
+        eval_s += ev.get("injections", 16) * steps * cost.forward
+    if "nll" in bench.metric_names:
+        eval_s += NLL_EVALUATIONS * cost.train * ev.get("nll_probes", 1)
+    runs = len(bench.forget_sets) * len(bench.seeds)
+    rows, total = [], 0.0
+    for name in bench.methods:
+        if name == "retrain":
+            recipe = tier.base_training
+            unlearn_s = recipe.steps * recipe.batch_size * cost.train * len(bench.forget_sets) / runs
+            passes = "oracle training"
+        else:
+            fwd, bwd = passes_per_step(name, bench.task.protocol)
+            per_step = loop.batch_size * loop.grad_accum * (fwd * cost.forward + bwd * (cost.train - cost.forward))
+            unlearn_s = loop.steps * per_step
+            passes = f"{fwd:g} fwd / {bwd:g} bwd"
+        cell_h = (unlearn_s + eval_s) / 3600
+        total += cell_h * runs
+        rows.append([name, passes, f"{unlearn_s / 3600:.3g}", f"{eval_s / 3600:.3g}", runs, f"{cell_h * runs:.3g}"])
+    rows.append(["total", "", "", "", runs * len(bench.methods), f"{total:.3g}"])
+    where = "" if device.type == "cuda" else " (no GPU here: run the dry-run on the GPU for GPU-hours)"
+    notes = [
+        f"estimated device-hours on {device}{where}, from costs measured now: UNet {cost.parameters / 1e6:.1f}M "
+        f"parameters, {cost.forward * 1e3:.2f} ms forward and {cost.train * 1e3:.2f} ms forward+backward per sample "
+        f"at micro-batch {cost.batch}; passes per step counted by the loop on one step of each method",
+        f"evaluation per cell: {sampler.num_samples} samples x {sampler.steps} {sampler.kind} steps"
+        + (f", {ev.get('injections')} injections" if "injections" in ev else "")
+        + (f", NLL ~{NLL_EVALUATIONS} ODE evaluations" if "nll" in bench.metric_names else ""),
+    ]
+    return rows, notes
