@@ -67,6 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--out", type=Path, default=None, help="where to write (default: the user cache)")
     prep.add_argument("--only", type=_csv, default=None, help="base,retrain,classifier (default: all)")
     prep.add_argument("--force", action="store_true", help="retrain even if present")
+    prep.add_argument("--prompts", type=Path, default=None,
+                      help="sd_memorized: prompt list (.jsonl or .csv with original,modified) to build prompt folders "
+                           "into --data-root (or --out)")
+    prep.add_argument("--base-model", default=None, help="sd_memorized: the Stable Diffusion folder or hub id")
+    prep.add_argument("--sscd-weights", default=None, help="sd_memorized: cluster on SSCD descriptors")
     tune = sub.add_parser("tune", help="choose each method's learning rate for a tier by the documented rule")
     _common(tune)
     tune.add_argument("--methods", type=_csv, default=None)
@@ -176,7 +181,8 @@ def print_plan(bench: "Benchmark", estimate: bool = True) -> None:  # noqa: F821
           f"unlearned weights: {tier.base_weights if not bench.opts.base_model else 'as given'}")
     if tier.unet:
         print(f"UNet: {tier.unet}")
-    print(f"base/retrain recipe: {dataclasses.asdict(tier.base_training)}")
+    if tier.base_training is not None:
+        print(f"base/retrain recipe: {dataclasses.asdict(tier.base_training)}")
     print(f"sampler: {dataclasses.asdict(bench.sampler)}; metrics: {', '.join(bench.metric_names)}")
     if tier.eval:
         print(f"evaluation: {tier.eval}")
@@ -197,7 +203,10 @@ def print_plan(bench: "Benchmark", estimate: bool = True) -> None:  # noqa: F821
     print(f"seeds: {', '.join(map(str, bench.seeds))}"
           + (f"; forget sets ({len(forget)}): {', '.join(forget)}" if forget else "")
           + f"; cells: {len(bench.methods) * runs}")
-    if estimate and tier.unet:
+    if estimate and tier.unet and "pretrained" in tier.unet:
+        print("\nno device-hour estimate: this task's UNet comes from a pretrained pipeline, not a config the "
+              "estimate can build offline")
+    elif estimate and tier.unet:
         from unlearnbench.estimate import estimate_rows
 
         rows, notes = estimate_rows(bench)
@@ -214,6 +223,19 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
     task = TASKS.get(args.task)
     tier = task.tier(args.tier or task.default_tier)
+    if hasattr(task, "prepare_data"):  # tasks whose data the suite builds (Stable Diffusion prompt folders)
+        if args.prompts is None:
+            print(f"error: prepare --task {args.task} needs --prompts FILE (and --data-root DIR for the folders)",
+                  file=sys.stderr)
+            return 2
+        out = args.out or args.data_root
+        if out is None:
+            print("error: say where the prompt folders go with --data-root DIR", file=sys.stderr)
+            return 2
+        folders = task.prepare_data(args.prompts, out, args.base_model, tier, resolve_device(args.device),
+                                    not args.no_progress, args.sscd_weights)
+        print(f"prepared {len(folders)} prompt folder(s) in {out}")
+        return 0
     only = tuple(args.only or (BASE, RETRAIN, CLASSIFIER))
     out = prepare(task, tier, task.load(args.data_root), resolve_device(args.device), out=args.out, only=only,
                   force=args.force, progress=not args.no_progress, data_root=args.data_root)

@@ -359,12 +359,11 @@ def _artifact_bundle(bench: "Benchmark") -> dict[str, Any] | None:
     classifier, manifest -- as a tar archive, for nodes that do not share its filesystem.
     Package-shipped weights are on every node already; metric caches (torch-fidelity features)
     are not shipped: each node recomputes the retain statistics once."""
-    from unlearnbench.artifacts import BASE, CLASSIFIER, RETRAIN
     from unlearnbench.paths import cache_dir
 
     root = cache_dir(bench.task_name, bench.tier.name)
-    paths = [p for name in (BASE, RETRAIN, CLASSIFIER, "manifest.json") if (root / name).exists()
-             for p in ([root / name] if (root / name).is_file() else sorted((root / name).rglob("*")))]
+    tops = sorted(root.iterdir()) if root.exists() else []  # base, retrain (per forget set), classifier, manifest
+    paths = [p for top in tops for p in ([top] if top.is_file() else sorted(top.rglob("*")))]
     paths = [p for p in paths if p.is_file() and not p.name.startswith(".")]
     if not paths:
         return None

@@ -58,6 +58,10 @@ def register_metric(name: str, *, higher_is_better: bool, implementation: str, k
     return decorator
 
 
+#: Metrics that are fractions, shown in % by tables and leaderboards (one place for both).
+PERCENT_METRICS = frozenset({"forget_rate", "forget_rate_pixel", "forget_rate_modified", "success", "success_modified"})
+
+
 @dataclass
 class EvalContext:
     """Generated samples and everything the sample metrics compare them with."""
@@ -288,10 +292,8 @@ def fid(ctx: EvalContext) -> MetricValue:
     weights, how = find_inception_weights(ctx.inception_weights)
     if weights is None and how != "download":
         return MetricValue(None, available=False, reason=how)
-    channels = 3 if ctx.samples.shape[1] == 1 else None
     layer = str(ctx.tier_eval.get("fid_feature_layer", "2048"))
-    out = _fidelity(ctx, "inception-v3-compat", weights, isc=False, fid=True, channels=channels,
-                    salt=_weights_salt(weights), feature_layer_fid=layer)
+    out = _inception(ctx, weights)
     implementation = None
     if layer != "2048":  # a test tier's shortcut, stated in the record: FID of a smaller Inception layer
         implementation = f"Inception-v3 FID on the {layer}-d feature layer (not the standard 2048-d pool), " \
@@ -305,6 +307,17 @@ def _weights_salt(weights: str | None) -> str:
     return hashlib.sha256(Path(weights).read_bytes()).hexdigest()[:16] if weights else "download"
 
 
+def _inception(ctx: EvalContext, weights: str | None) -> dict[str, float]:
+    """FID and IS of the cell's samples in ONE Inception pass (memoised: both metrics read it)."""
+    if "inception" not in ctx.memo:
+        channels = 3 if ctx.samples.shape[1] == 1 else None
+        isc = len(ctx.kept) >= 10
+        ctx.memo["inception"] = _fidelity(
+            ctx, "inception-v3-compat", weights, isc=isc, fid=True, channels=channels, salt=_weights_salt(weights),
+            feature_layer_fid=str(ctx.tier_eval.get("fid_feature_layer", "2048")))
+    return ctx.memo["inception"]
+
+
 @register_metric("inception_score", higher_is_better=True, tolerance=0.05, relative=True,
                  implementation="Inception Score (torch-fidelity isc, inception-v3-compat logits, 10 splits) of the "
                                 "generated samples that are not copies of the forget image")
@@ -315,9 +328,7 @@ def inception_score(ctx: EvalContext) -> MetricValue:
     if len(ctx.kept) < 10:
         return MetricValue(None, n_samples=len(ctx.kept), available=False,
                            reason=f"only {len(ctx.kept)} samples (10 splits need at least 10)")
-    channels = 3 if ctx.samples.shape[1] == 1 else None
-    out = _fidelity(ctx, "inception-v3-compat", weights, isc=True, fid=False, channels=channels,
-                    salt=_weights_salt(weights))
+    out = _inception(ctx, weights)
     return MetricValue(out["inception_score_mean"], n_samples=len(ctx.kept), reference="none (unary)",
                        extra={"weights": how, "std_over_splits": out["inception_score_std"]})
 

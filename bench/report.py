@@ -25,19 +25,21 @@ import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
+from unlearnbench.metrics import PERCENT_METRICS
 from unlearnbench import figures
 from unlearnbench.io import atomic_write_text
 from unlearnbench.results import load_records, record_name
 
 METHOD_ORDER = ("pretrain", "naive_deletion", "neggrad", "erasediff", "siss", "siss_no_is", "retrack",
                 "retrack_all", "retrain")
-METRIC_ORDER = ("forget_rate", "fid_clf", "fid", "is_clf", "deletion_step", "unlearn_seconds", "unet_forward",
-                "unet_backward")
+METRIC_ORDER = ("forget_rate", "forget_rate_modified", "success", "success_modified", "forget_rate_pixel", "sscd",
+                "sscd_memorized", "sscd_memorized_modified", "nll", "fid_clf", "fid", "is_clf", "inception_score",
+                "clip_iqa", "clip_iqa_modified", "deletion_step", "unlearn_seconds", "unet_forward", "unet_backward")
 #: Sample-quality metrics that get Δ-to-reference columns.
 QUALITY = ("forget_rate", "fid_clf", "fid", "is_clf")
 #: (method, short name used in CSV columns): the rows the Δ columns compare against.
 REFERENCES = (("pretrain", "pretrain"), ("retrain", "retrain"))
-PERCENT = {"forget_rate"}
+PERCENT = PERCENT_METRICS
 NOT_UNLEARNING = {"pretrain", "retrain"}  # excluded from the "best" highlighting
 FIGURE_KINDS = ("tradeoff", "samples", "forget_curve")
 TITLE = "unlearnbench leaderboard"

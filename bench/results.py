@@ -20,7 +20,8 @@ def config_hash(config: dict[str, Any]) -> str:
 
 
 def record_name(cell: dict[str, Any], digest: str) -> str:
-    return f"{cell['task']}__{cell['tier']}__{cell['method']}__seed{cell['seed']}__{digest[:12]}.json"
+    forget = f"__forget{cell['forget_set']}" if cell.get("forget_set") is not None else ""
+    return f"{cell['task']}__{cell['tier']}__{cell['method']}{forget}__seed{cell['seed']}__{digest[:12]}.json"
 
 
 def load_records(folder: Path) -> list[dict[str, Any]]:

@@ -270,7 +270,8 @@ class Benchmark:
             self.task.check_model(base, data)
             torch.manual_seed(plan.cell["seed"])
             job = UnlearnJob(
-                base_model=copy.deepcopy(base).to(self.device), retain=data.retain, forget=data.forget,
+                base_model=self.task.bind(copy.deepcopy(base).to(self.device), data),
+                retain=data.retain, forget=data.forget,
                 loop=plan.loop, hparams=plan.hparams, seed=plan.cell["seed"], device=self.device,
                 artifacts=self.artifacts_for(forget_set), progress=self.opts.progress,
                 on_step=self._step_evaluator(plan.cell["seed"], data) if self.opts.eval_every else None,

@@ -7,9 +7,10 @@ import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
+from unlearnbench.metrics import PERCENT_METRICS
 from unlearnbench.registry import METRICS
 
-PERCENT = {"forget_rate"}
+PERCENT = PERCENT_METRICS
 
 
 def _fmt(values: list[float], name: str) -> str:

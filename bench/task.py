@@ -48,7 +48,7 @@ class Tier:
 
     name: str
     unet: dict[str, Any]
-    base_training: TrainRecipe
+    base_training: TrainRecipe | None  # None: no oracle can be trained (Stable Diffusion)
     unlearning: LoopConfig
     sampler: SamplerConfig
     classifier: ClassifierRecipe | None
@@ -118,6 +118,10 @@ class Task:
         from unlearnbench.diffusion import NoiseSchedule
 
         return NoiseSchedule.from_scheduler()
+
+    def bind(self, model: Any, data: TaskData) -> Any:
+        """The cell's copy of the base model, attached to what the forget set needs (e.g. its prompt)."""
+        return model
 
     def check_model(self, model: Any, data: TaskData) -> None:
         """Raise if ``model`` cannot serve this task's data (e.g. a different image size)."""
