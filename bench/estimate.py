@@ -120,6 +120,11 @@ def estimate_rows(bench: Any, micro_batch: int | None = None) -> tuple[list[list
         cell_h = (unlearn_s + eval_s) / 3600
         total += cell_h * runs
         rows.append([name, passes, f"{unlearn_s / 3600:.3g}", f"{eval_s / 3600:.3g}", runs, f"{cell_h * runs:.3g}"])
+    if not (bench.opts.base_model or tier.base_model) and tier.base_training is not None:
+        recipe = tier.base_training  # the base model is trained once by `prepare` before any cell runs
+        base_h = recipe.steps * recipe.batch_size * cost.train / 3600
+        total += base_h
+        rows.append(["base model (prepare)", f"{recipe.steps} training steps", "", "", 1, f"{base_h:.3g}"])
     rows.append(["total", "", "", "", runs * len(bench.methods), f"{total:.3g}"])
     where = "" if device.type == "cuda" else " (no GPU here: run the dry-run on the GPU for GPU-hours)"
     notes = [
