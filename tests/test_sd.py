@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import inspect
 import json
 import pickle
 import shutil
@@ -384,16 +383,6 @@ def test_clip_iqa_on_the_standin(weights) -> None:
 # ------------------------------------------------------------------------------------------- CLI
 
 
-def _runner_supports_sd() -> str | None:
-    from unlearnbench import cli, runner
-
-    source = inspect.getsource(runner) + inspect.getsource(cli)
-    needs = {"task.bind(": "Task.bind", "--clip-weights": "--clip-weights", "--sscd-weights": "--sscd-weights"}
-    missing = [what for key, what in needs.items() if key not in source]
-    return f"runner/CLI lack {', '.join(missing)}" if missing else None
-
-
-@pytest.mark.skipif(_runner_supports_sd() is not None, reason=str(_runner_supports_sd()))
 def test_cli_runs_every_method_on_the_smoke_tier(tiny_sd, prompt_root, weights, tmp_path: Path) -> None:
     from unlearnbench.cli import main
 
@@ -411,7 +400,6 @@ def test_cli_runs_every_method_on_the_smoke_tier(tiny_sd, prompt_root, weights, 
     assert code == 0
 
 
-@pytest.mark.skipif(_runner_supports_sd() is not None, reason=str(_runner_supports_sd()))
 def test_paper_dry_run_prints_the_published_settings(capsys) -> None:
     from unlearnbench.cli import main
 
