@@ -56,11 +56,15 @@ def smoke(task: sd_task.SDMemorized):
 
 @pytest.fixture(scope="module")
 def prompt_root(tmp_path_factory: pytest.TempPathFactory, tiny_sd: Path, task, smoke) -> Path:
-    """Two prompt folders built by the task's ``prepare`` hook with the tiny pipeline."""
+    """Two prompt folders built by ``run_bench.py prepare --prompts`` with the tiny pipeline."""
+    from unlearnbench.cli import main
+
     tmp = tmp_path_factory.mktemp("sd-data")
     prompts = write_prompt_list(tmp / "prompts.jsonl", TWO_PROMPTS)
-    paths = task.prepare_data(prompts, tmp / "prompts", str(tiny_sd), smoke, "cpu", False, None)
-    assert [p.name for p in paths] == ["stallone", "the_happy_scientist_podcast"]
+    assert main(["prepare", "--task", "sd_memorized", "--tier", "smoke", "--prompts", str(prompts),
+                 "--data-root", str(tmp / "prompts"), "--base-model", str(tiny_sd), "--device", "cpu",
+                 "--no-progress"]) == 0
+    assert sorted(p.name for p in (tmp / "prompts").iterdir()) == ["stallone", "the_happy_scientist_podcast"]
     return tmp / "prompts"
 
 
