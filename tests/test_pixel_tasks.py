@@ -224,15 +224,18 @@ def test_every_method_runs_a_smoke_cell_with_every_metric(task: str, request: py
 
 
 def test_missing_weights_are_reported_with_the_flag_that_supplies_them(cifar_root: Path, root_layout_unet: Path,
-                                                                        tmp_path: Path) -> None:
+                                                                        tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))  # no Inception weights in any hub cache
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # and no download
     assert main(["run", "--task", "cifar10", "--tier", "smoke", "--data-root", str(cifar_root), "--base-model",
                  str(root_layout_unet), "--methods", "pretrain", "--out", str(tmp_path), "--no-progress"]) == 0
     metrics = load_records(tmp_path / "records")[0]["metrics"]
     assert not metrics["sscd"]["available"] and "--sscd-weights" in metrics["sscd"]["reason"]
     assert not metrics["forget_rate"]["available"] and "--sscd-weights" in metrics["forget_rate"]["reason"]
     assert metrics["forget_rate_pixel"]["available"]
-    if not os.environ.get("TORCH_HOME"):
-        assert not metrics["fid"]["available"] and "--inception-weights" in metrics["fid"]["reason"]
+    for name in ("fid", "inception_score"):
+        assert not metrics[name]["available"] and "--inception-weights" in metrics[name]["reason"]
 
 
 def test_a_base_model_of_the_wrong_size_is_refused(cifar_root: Path, pipeline_layout_unet: Path,
