@@ -210,7 +210,13 @@ def load_base_unet(path: str, subfolder: str | None = None) -> tuple[UNet2DModel
     """A base UNet from a folder or hub id, its layout resolved, schedule checked, EMA-ness recorded."""
     sub = find_unet_subfolder(str(path), subfolder)
     scheduler = check_scheduler(str(path), sub)
-    model = load_unet(path, sub)
+    try:
+        model = load_unet(path, sub)
+    except OSError as err:  # a hub id offline, or a folder without weights: say what to pass
+        raise WeightsMissingError(
+            f"could not load the base UNet {path!r}{f' (subfolder {sub})' if sub else ''}: {err}\n"
+            f"Online, the hub id downloads; offline, pass --base-model FOLDER holding a diffusers UNet "
+            f"(e.g. `huggingface-cli download {path} --local-dir FOLDER` on a machine with internet)") from None
     weights = ema_or_raw(str(path), sub)
     return model, {"path": str(path), "subfolder": sub, "weights": weights, **scheduler,
                    "parameters": sum(p.numel() for p in model.parameters())}

@@ -244,3 +244,11 @@ def test_a_base_model_of_the_wrong_size_is_refused(cifar_root: Path, pipeline_la
                  str(pipeline_layout_unet), "--methods", "naive_deletion", "--metrics", "unlearn_seconds",
                  "--out", str(tmp_path), "--no-progress"]) == 1
     assert "generates 64x64 images" in load_records(tmp_path / "records")[0]["error"]
+
+
+def test_a_published_base_model_offline_names_the_flag_to_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    from unlearnbench.artifacts import WeightsMissingError
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(WeightsMissingError, match="google/ddpm-cifar10-32(.|\n)*--base-model FOLDER"):
+        load_base_unet(TASKS.get("cifar10").tier("paper").base_model)
