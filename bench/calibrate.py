@@ -38,7 +38,7 @@ def base_curve(task_name: str, tier_name: str, device_name: str, progress: bool)
     for ckpt in checkpoints:
         model = load_unet(ckpt / "unet_ema")
         samples = generate(model, tier.sampler, seed=0, device=resolve_device(device_name), progress=progress)
-        ctx: EvalContext = bench.eval_context(samples)
+        ctx: EvalContext = bench.eval_context({"samples": samples}, bench.data, model, seed=0)
         row = {"step": int(ckpt.name.split("-")[1]), "n_samples": len(samples)}
         for name in ("forget_rate", "is_clf", "fid_clf"):
             row[name] = METRICS.get(name).compute(ctx).value
