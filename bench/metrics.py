@@ -192,7 +192,7 @@ def _reference_hash(ref: _Subset, salt: str) -> str:
     h.update(str(len(ref)).encode())
     for start in range(0, len(ref), 1024):
         idx = ref.index[start : start + 1024]
-        h.update(content_hash(ref.images[idx] if isinstance(ref.images, Tensor) else ref.images[idx]).encode())
+        h.update(content_hash(ref.images[idx]).encode())
     return h.hexdigest()[:24]
 
 
@@ -289,7 +289,7 @@ def _online() -> bool:
                  implementation="Inception-v3 FID (torch-fidelity inception-v3-compat, 2048-d pool features; grayscale "
                                 "repeated to 3 channels), non-forget samples vs the training (retain) images")
 def fid(ctx: EvalContext) -> MetricValue:
-    weights, how = find_inception_weights(ctx.inception_weights)
+    weights, how = inception_weights(ctx)
     if weights is None and how != "download":
         return MetricValue(None, available=False, reason=how)
     layer = str(ctx.tier_eval.get("fid_feature_layer", "2048"))
@@ -301,6 +301,13 @@ def fid(ctx: EvalContext) -> MetricValue:
     return MetricValue(out["frechet_inception_distance"], n_samples=len(ctx.kept),
                        reference=fid_reference(ctx).describe(), extra={"weights": how, "feature_layer": layer},
                        implementation=implementation)
+
+
+def inception_weights(ctx: EvalContext) -> tuple[str | None, str]:
+    """``find_inception_weights`` once per cell: the file is verified (and the network probed) once, not per metric."""
+    if "inception_weights" not in ctx.memo:
+        ctx.memo["inception_weights"] = find_inception_weights(ctx.inception_weights)
+    return ctx.memo["inception_weights"]
 
 
 def _weights_salt(weights: str | None) -> str:
@@ -322,7 +329,7 @@ def _inception(ctx: EvalContext, weights: str | None) -> dict[str, float]:
                  implementation="Inception Score (torch-fidelity isc, inception-v3-compat logits, 10 splits) of the "
                                 "generated samples that are not copies of the forget image")
 def inception_score(ctx: EvalContext) -> MetricValue:
-    weights, how = find_inception_weights(ctx.inception_weights)
+    weights, how = inception_weights(ctx)
     if weights is None and how != "download":
         return MetricValue(None, available=False, reason=how)
     if len(ctx.kept) < 10:
@@ -356,16 +363,23 @@ SSCD_MISSING = ("SSCD weights not given: pass --sscd-weights PATH/sscd_disc_mixu
                 "(facebookresearch/sscd-copy-detection model zoo)")
 
 
+def sscd_model(ctx: EvalContext) -> Any:
+    """The SSCD model of ``--sscd-weights``, loaded once per cell for every metric that needs it."""
+    from unlearnbench.sscd import load_sscd
+
+    if "sscd_model" not in ctx.memo:
+        ctx.memo["sscd_model"] = load_sscd(ctx.weights["sscd"], device=ctx.device)
+    return ctx.memo["sscd_model"]
+
+
 def sscd_similarities(ctx: EvalContext) -> Tensor | None:
     """SSCD cosine similarity of each injection output to the forget image (None without SSCD weights)."""
-    from unlearnbench.sscd import load_sscd, sscd_similarity
+    from unlearnbench.sscd import sscd_similarity
 
-    path = ctx.weights.get("sscd")
-    if not path:
+    if not ctx.weights.get("sscd"):
         return None
     if "sscd" not in ctx.memo:
-        model = load_sscd(path, device=ctx.device)
-        ctx.memo["sscd"] = sscd_similarity(model, injections(ctx), ctx.forget_image)
+        ctx.memo["sscd"] = sscd_similarity(sscd_model(ctx), injections(ctx), ctx.forget_image)
     return ctx.memo["sscd"]
 
 

@@ -9,13 +9,14 @@ prompts (for ``success``: the fraction of prompts whose memorization is gone).
 """
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from unlearnbench.metrics import EvalContext, MetricValue, register_metric
+from unlearnbench.metrics import EvalContext, MetricValue, register_metric, sscd_model
 from unlearnbench.io import sha256_file
 from unlearnbench.sd import SSCD, PromptFolder
 
@@ -51,12 +52,6 @@ def _folder(ctx: EvalContext) -> PromptFolder:
     return folder
 
 
-def _sscd_model(ctx: EvalContext) -> Any:
-    if "sscd_model" not in ctx.memo:
-        from unlearnbench.sscd import load_sscd
-
-        ctx.memo["sscd_model"] = load_sscd(ctx.weights["sscd"], ctx.device)
-    return ctx.memo["sscd_model"]
 
 
 def memorized_mask(ctx: EvalContext, which: str) -> Tensor | MetricValue:
@@ -65,7 +60,7 @@ def memorized_mask(ctx: EvalContext, which: str) -> Tensor | MetricValue:
     if key in ctx.memo:
         return ctx.memo[key]
     folder = _folder(ctx)
-    sscd_model = None
+    descriptor_model = None
     if folder.meta["feature"] == SSCD:
         weights = ctx.weights.get("sscd")
         if not weights:
@@ -75,8 +70,8 @@ def memorized_mask(ctx: EvalContext, which: str) -> Tensor | MetricValue:
         if expected and sha256_file(weights) != expected:
             return MetricValue(None, available=False, reason=f"--sscd-weights {weights} is not the SSCD model this "
                                                              f"prompt's classifier was fit with (sha256 {expected})")
-        sscd_model = _sscd_model(ctx)
-    ctx.memo[key] = torch.from_numpy(np.asarray(folder.is_memorized(_samples(ctx, which), sscd_model)))
+        descriptor_model = sscd_model(ctx)
+    ctx.memo[key] = torch.from_numpy(np.asarray(folder.is_memorized(_samples(ctx, which), descriptor_model)))
     return ctx.memo[key]
 
 
@@ -121,7 +116,7 @@ def sscd_memorized_of(ctx: EvalContext, which: str) -> MetricValue:
         return MetricValue(None, available=False, reason="no SSCD weights: pass --sscd-weights PATH "
                                                          "(sscd_disc_mixup.torchscript.pt)")
     folder = _folder(ctx)
-    sims = sscd_similarity(_sscd_model(ctx), _samples(ctx, which), folder.reference)
+    sims = sscd_similarity(sscd_model(ctx), _samples(ctx, which), folder.reference)
     return MetricValue(float(sims.mean()), n_samples=len(sims),
                        reference=f"reference memorized image {folder.path / 'reference.png'}",
                        extra={"max": float(sims.max())})
@@ -133,36 +128,15 @@ def forget_rate_modified(ctx: EvalContext) -> MetricValue:
     return forget_rate_of(ctx, "modified")
 
 
-@register_metric("success", higher_is_better=True, implementation=SUCCESS_IMPLEMENTATION.format(which="original prompt"))
-def success(ctx: EvalContext) -> MetricValue:
-    return success_of(ctx, "samples")
+def _register_for_both_prompts(name: str, of: Any, template: str, higher_is_better: bool,
+                               tolerance: float | None = None) -> None:
+    """``name`` scores the original prompt's samples, ``name_modified`` the modified prompt's."""
+    for which, suffix in (("samples", ""), ("modified", "_modified")):
+        register_metric(name + suffix, higher_is_better=higher_is_better, tolerance=tolerance,
+                        implementation=template.format(which=PROMPT_SETS[which]))(functools.partial(of, which=which))
 
 
-@register_metric("success_modified", higher_is_better=True,
-                 implementation=SUCCESS_IMPLEMENTATION.format(which="modified prompt"))
-def success_modified(ctx: EvalContext) -> MetricValue:
-    return success_of(ctx, "modified")
-
-
-@register_metric("clip_iqa", higher_is_better=True, tolerance=0.02,
-                 implementation=CLIP_IQA_IMPLEMENTATION.format(which="original prompt"))
-def clip_iqa(ctx: EvalContext) -> MetricValue:
-    return clip_iqa_of(ctx, "samples")
-
-
-@register_metric("clip_iqa_modified", higher_is_better=True, tolerance=0.02,
-                 implementation=CLIP_IQA_IMPLEMENTATION.format(which="modified prompt"))
-def clip_iqa_modified(ctx: EvalContext) -> MetricValue:
-    return clip_iqa_of(ctx, "modified")
-
-
-@register_metric("sscd_memorized", higher_is_better=False, tolerance=0.02,
-                 implementation=SSCD_IMPLEMENTATION.format(which="original prompt"))
-def sscd_memorized(ctx: EvalContext) -> MetricValue:
-    return sscd_memorized_of(ctx, "samples")
-
-
-@register_metric("sscd_memorized_modified", higher_is_better=False, tolerance=0.02,
-                 implementation=SSCD_IMPLEMENTATION.format(which="modified prompt"))
-def sscd_memorized_modified(ctx: EvalContext) -> MetricValue:
-    return sscd_memorized_of(ctx, "modified")
+_register_for_both_prompts("success", success_of, SUCCESS_IMPLEMENTATION, higher_is_better=True)
+_register_for_both_prompts("clip_iqa", clip_iqa_of, CLIP_IQA_IMPLEMENTATION, higher_is_better=True, tolerance=0.02)
+_register_for_both_prompts("sscd_memorized", sscd_memorized_of, SSCD_IMPLEMENTATION, higher_is_better=False,
+                           tolerance=0.02)
