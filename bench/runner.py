@@ -13,7 +13,7 @@ from typing import Any, Callable
 import torch
 from torchvision.utils import save_image
 
-from unlearnbench.artifacts import Artifacts, prepare
+from unlearnbench.artifacts import RETRAIN, Artifacts, prepare
 from unlearnbench.paths import cache_dir
 from unlearnbench.io import atomic_write_json, atomic_write_text
 from unlearnbench.loop import LoopConfig
@@ -205,7 +205,8 @@ class Benchmark:
         needed = self.needed_artifacts()
         for forget_set in self.forget_sets:
             artifacts = self.artifacts_for(forget_set)
-            missing = [k for k in artifacts.missing(needed) if forget_set == self.forget_sets[0] or k == "retrain"]
+            # base and classifier are shared by all forget sets (prepared once); the oracle is per forget set
+            missing = [k for k in artifacts.missing(needed) if forget_set == self.forget_sets[0] or k == RETRAIN]
             if missing:
                 self.log(f"preparing {', '.join(missing)} for {self.task_name}/{self.tier.name}"
                          f"{'' if forget_set is None else f' (forget set {forget_set})'} "
