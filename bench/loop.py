@@ -1,8 +1,11 @@
-"""The ONE fine-tuning loop every unlearning method runs on (protocols.md §1).
+"""The ONE fine-tuning loop every unlearning method runs on.
 
 A method only supplies its loss (``FineTuneMethod.loss``) or its gradient rule
-(``FineTuneMethod.accumulate``); optimiser, clipping, batching, accumulation, seeding and pass
-counting live here, which is what makes the methods' wall-clock comparable.
+(``GradientRuleMethod.losses`` and ``rule``); optimiser, clipping, batching, gradient
+accumulation, seeding and pass counting live here, which is what makes the methods' wall-clock
+comparable. A gradient rule is applied once per optimiser step, to the gradients accumulated
+over all its micro-batches, as the official codes do (ReTrack ``train.py``
+``backward_with_rescaling``; SISS ``delete_*.py``).
 """
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ import contextlib
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 from diffusers import UNet2DModel
@@ -22,7 +25,7 @@ from unlearnbench.diffusion import NoiseSchedule
 
 @dataclass(frozen=True)
 class LoopConfig:
-    """Optimiser and batching of an unlearning run (protocols.md §2)."""
+    """Optimiser and batching of an unlearning run (the published values are in each task's tiers)."""
 
     steps: int
     batch_size: int  # per branch (retain and forget each)
@@ -35,7 +38,7 @@ class LoopConfig:
 
 
 class DivergenceError(RuntimeError):
-    """The loss or gradient became non-finite."""
+    """The loss, the gradient, the weights or the samples became non-finite: the cell failed."""
 
 
 def infinite_indices(n: int, batch_size: int, generator: torch.Generator) -> Iterator[Tensor]:
@@ -101,6 +104,8 @@ class StepContext:
     state: Any
     generator: torch.Generator
     device: torch.device
+    #: Gradients summed over the micro-batches of the current optimiser step (gradient-rule methods).
+    accumulated: dict[str, list[Tensor]] = field(default_factory=dict)
 
     def noise_like(self, x: Tensor) -> Tensor:
         """Gaussian noise from the loop's seeded CPU generator."""
@@ -156,6 +161,30 @@ def precision_context(precision: str, device: torch.device) -> Callable[[], Any]
     return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
+def step_direction(method: Any, ctx: StepContext, batches: Iterable[Batch],
+                   autocast: Callable[[], Any] = contextlib.nullcontext) -> float:
+    """Fill ``.grad`` with one optimiser step's update direction from its micro-batches.
+
+    Each micro-batch adds its gradients with weight 1/len(batches) (the mean, as accelerate's
+    gradient accumulation does); a gradient-rule method then applies its rule once, to the
+    accumulated gradients. Returns the sum of the micro-batches' reported losses.
+    """
+    batches = list(batches)
+    total = 0.0
+    for batch in batches:
+        with autocast():
+            total += float(method.accumulate(ctx, batch, 1.0 / len(batches)))
+    method.finish_step(ctx)
+    return total
+
+
+def assert_finite_weights(model: torch.nn.Module, when: str) -> None:
+    """Raise ``DivergenceError`` naming the first parameter holding NaN or inf."""
+    for name, p in model.named_parameters():
+        if not bool(torch.isfinite(p).all()):
+            raise DivergenceError(f"non-finite weights in {name} {when}")
+
+
 def finetune(
     model: UNet2DModel,
     method: Any,
@@ -190,12 +219,9 @@ def finetune(
     try:
         for step in tqdm(range(loop.steps), desc=f"unlearn {method.name}", disable=not progress, leave=False):
             optimizer.zero_grad(set_to_none=True)
-            step_loss = 0.0
-            for _ in range(loop.grad_accum):
-                fi = next(forget_batches)
-                batch = Batch(retain[next(retain_batches)].to(device), forget[fi].to(device), fi)
-                with autocast():
-                    step_loss += float(method.accumulate(ctx, batch, 1.0 / loop.grad_accum))
+            micro = [Batch(retain[next(retain_batches)].to(device), forget[fi].to(device), fi)
+                     for fi in (next(forget_batches) for _ in range(loop.grad_accum))]
+            step_loss = step_direction(method, ctx, micro, autocast)
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, loop.max_grad_norm))
             if not (math.isfinite(step_loss) and math.isfinite(grad_norm)):
                 raise DivergenceError(f"non-finite loss {step_loss} or gradient norm {grad_norm} at step {step}")
@@ -213,6 +239,7 @@ def finetune(
                 start += time.perf_counter() - paused  # evaluation is not unlearning time
         if device.type == "cuda":
             torch.cuda.synchronize(device)
+        assert_finite_weights(model, f"after {loop.steps} unlearning steps")
     finally:
         counter.remove()
     log.seconds = time.perf_counter() - start

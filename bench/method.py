@@ -1,12 +1,13 @@
 """The interface every unlearning method implements.
 
 ``Method.unlearn`` turns the base model into the unlearned model. Fine-tuning methods derive
-from ``FineTuneMethod`` and provide only ``loss`` (or ``accumulate`` for a gradient rule); the
-shared loop in ``unlearnbench.loop`` does everything else.
+from ``FineTuneMethod`` and provide only ``loss``, or from ``GradientRuleMethod`` and provide
+``losses`` and ``rule``; the shared loop in ``unlearnbench.loop`` does everything else.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
 
@@ -51,7 +52,8 @@ class Method:
     """Base class: a name, a version (bumped when its numbers would change) and hyper-parameters.
 
     ``published`` maps a protocol family (``mnist_tshirt``, ``cifar10``, ``celeba_hq``, ``sd``)
-    to the method's published hyper-parameters (protocols.md §2): the single place they live.
+    to the method's published hyper-parameters (the ReTrack and SISS papers' configs): the
+    single place they live.
     """
 
     name: ClassVar[str] = ""
@@ -93,13 +95,16 @@ class FineTuneMethod(Method):
         raise NotImplementedError
 
     def accumulate(self, ctx: StepContext, batch: Batch, scale: float) -> float:
-        """Add this micro-batch's update direction (times ``scale``) into ``.grad``.
+        """Add this micro-batch's contribution (times ``scale``) to the step's gradients; return its loss.
 
-        The default back-propagates ``loss``; gradient-rule methods override it.
+        The default back-propagates ``loss`` into ``.grad``.
         """
         loss = self.loss(ctx, batch)
         (loss * scale).backward()
         return float(loss.detach())
+
+    def finish_step(self, ctx: StepContext) -> None:
+        """Called once per optimiser step after every micro-batch; leaves the update direction in ``.grad``."""
 
     def unlearn(self, job: UnlearnJob) -> UnlearnResult:
         model = job.base_model
@@ -109,6 +114,55 @@ class FineTuneMethod(Method):
             state=state, on_step=job.on_step, progress=job.progress, schedule=job.schedule,
         )
         return UnlearnResult(model, log)
+
+
+class GradientRuleMethod(FineTuneMethod):
+    """A method whose update is a rule over two gradients: g_x of a retain loss, g_a of a forget loss.
+
+    g_x and g_a are accumulated over all micro-batches of an optimiser step (each weighted
+    1/accumulation, i.e. their mean) and ``rule`` is applied ONCE to the accumulated pair, as the
+    official codes do (ReTrack ``train.py`` ``backward_with_rescaling``, SISS ``delete_*.py``):
+    the rules are not linear, so applying them per micro-batch and summing would differ.
+    """
+
+    #: True when L_x and L_a come from one forward graph (its first backward must keep it).
+    shared_forward: ClassVar[bool] = False
+
+    def losses(self, ctx: StepContext, batch: Batch) -> tuple[Tensor, Tensor, float]:
+        """(L_x, L_a, log c) of one micro-batch: the forget loss is c·L_a.
+
+        A rule that uses g_a only through its direction may return L_a divided by a large factor
+        c (to keep it finite); the accumulation brings every micro-batch to one common factor, so
+        the accumulated g_a is the true one up to a single positive factor. Otherwise log c = 0.
+        """
+        raise NotImplementedError
+
+    def rule(self, ctx: StepContext, g_x: list[Tensor], g_a: list[Tensor]) -> list[Tensor]:
+        """The update direction from the step's accumulated gradients."""
+        raise NotImplementedError
+
+    def accumulate(self, ctx: StepContext, batch: Batch, scale: float) -> float:
+        loss_x, loss_a, log_c = self.losses(ctx, batch)
+        params = ctx.params()
+        g_x = flat_grads(loss_x, params, retain_graph=self.shared_forward)
+        g_a = flat_grads(loss_a, params)
+        acc = ctx.accumulated
+        if "x" not in acc:
+            acc["x"], acc["a"], acc["log_c"] = [g * scale for g in g_x], [g * scale for g in g_a], log_c
+        else:
+            common = max(acc["log_c"], log_c)
+            old, new = math.exp(acc["log_c"] - common), scale * math.exp(log_c - common)
+            for buf, g in zip(acc["x"], g_x):
+                buf.add_(g, alpha=scale)
+            for buf, g in zip(acc["a"], g_a):
+                buf.mul_(old).add_(g, alpha=new)
+            acc["log_c"] = common
+        return float(loss_x.detach())
+
+    def finish_step(self, ctx: StepContext) -> None:
+        g_x, g_a = ctx.accumulated.pop("x"), ctx.accumulated.pop("a")
+        ctx.accumulated.clear()
+        add_to_grad(ctx.params(), self.rule(ctx, g_x, g_a))
 
 
 def flat_grads(loss: Tensor, params: list[Tensor], retain_graph: bool = False) -> list[Tensor]:
@@ -123,5 +177,5 @@ def dot(a: list[Tensor], b: list[Tensor]) -> Tensor:
 
 
 __all__ = [
-    "Method", "FineTuneMethod", "UnlearnJob", "UnlearnResult", "NoHparams", "flat_grads", "dot", "add_to_grad",
+    "Method", "FineTuneMethod", "GradientRuleMethod", "UnlearnJob", "UnlearnResult", "NoHparams", "flat_grads", "dot", "add_to_grad",
 ]

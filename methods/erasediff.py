@@ -13,7 +13,7 @@ from torch import Tensor
 
 from unlearnbench.diffusion import ddpm_loss, predict_noise, sum_sq
 from unlearnbench.loop import Batch, StepContext
-from unlearnbench.method import FineTuneMethod, add_to_grad, dot, flat_grads
+from unlearnbench.method import GradientRuleMethod, dot
 from unlearnbench.registry import METHODS
 
 
@@ -29,8 +29,9 @@ def erasediff_direction(g_x: list[Tensor], g_a: list[Tensor], eta: float) -> lis
 
 
 @METHODS.register("erasediff")
-class EraseDiff(FineTuneMethod):
+class EraseDiff(GradientRuleMethod):
     name = "erasediff"
+    version = 2  # 2: the rule is applied once per optimiser step to the accumulated gradients
     Hparams = EraseDiffHparams
     published = {
         "mnist_tshirt": {"eta": 1e-3},
@@ -39,13 +40,13 @@ class EraseDiff(FineTuneMethod):
         "sd": {"eta": 1e-2},
     }
 
-    def accumulate(self, ctx: StepContext, batch: Batch, scale: float) -> float:
+    def losses(self, ctx: StepContext, batch: Batch) -> tuple[Tensor, Tensor, float]:
         x, a = batch.retain, batch.forget
         loss_x = ddpm_loss(ctx.model, ctx.schedule, x, ctx.noise_like(x), ctx.timesteps(len(x)))
         t_a = ctx.timesteps(len(a))
         a_t = ctx.schedule.add_noise(a, ctx.noise_like(a), t_a)
         loss_a = sum_sq(predict_noise(ctx.model, a_t, t_a) - ctx.uniform_like(a)).mean()
-        params = ctx.params()
-        g_x, g_a = flat_grads(loss_x, params), flat_grads(loss_a, params)
-        add_to_grad(params, erasediff_direction(g_x, g_a, ctx.hparams.eta), scale)
-        return float(loss_x.detach())
+        return loss_x, loss_a, 0.0
+
+    def rule(self, ctx: StepContext, g_x: list[Tensor], g_a: list[Tensor]) -> list[Tensor]:
+        return erasediff_direction(g_x, g_a, ctx.hparams.eta)

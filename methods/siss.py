@@ -16,7 +16,7 @@ from torch import Tensor
 
 from unlearnbench.diffusion import predict_noise, sum_sq
 from unlearnbench.loop import Batch, StepContext
-from unlearnbench.method import FineTuneMethod, add_to_grad, dot, flat_grads
+from unlearnbench.method import GradientRuleMethod, dot
 from unlearnbench.registry import METHODS
 
 
@@ -46,22 +46,21 @@ def siss_log_weights(delta: Tensor, lam: float) -> tuple[Tensor, Tensor]:
     return log_w_x.to(delta.dtype), log_w_a.to(delta.dtype)
 
 
-def subtract_rescaled(ctx: StepContext, loss_x: Tensor, loss_a: Tensor, scale: float) -> None:
-    """Add g_x − (C/||g_a||)·g_a into ``.grad`` (both gradients through one graph if shared)."""
-    params = ctx.params()
-    g_x = flat_grads(loss_x, params, retain_graph=True)
-    g_a = flat_grads(loss_a, params)
-    coef = ctx.hparams.scaling_norm / dot(g_a, g_a).sqrt().clamp_min(1e-30)
-    add_to_grad(params, [gx - coef * ga for gx, ga in zip(g_x, g_a)], scale)
+def subtract_rescaled(g_x: list[Tensor], g_a: list[Tensor], scaling_norm: float) -> list[Tensor]:
+    """g_x − (C/||g_a||)·g_a: the forget gradient is removed with norm exactly C."""
+    coef = scaling_norm / dot(g_a, g_a).sqrt().clamp_min(1e-30)
+    return [gx - coef * ga for gx, ga in zip(g_x, g_a)]
 
 
 @METHODS.register("siss")
-class SISS(FineTuneMethod):
+class SISS(GradientRuleMethod):
     name = "siss"
+    version = 2  # 2: the rule is applied once per optimiser step to the accumulated gradients
     Hparams = SISSHparams
     published = SISS_PUBLISHED
+    shared_forward = True  # L_x and L_a are two weightings of ONE forward pass on m
 
-    def accumulate(self, ctx: StepContext, batch: Batch, scale: float) -> float:
+    def losses(self, ctx: StepContext, batch: Batch) -> tuple[Tensor, Tensor, float]:
         x, a = batch.retain, batch.forget
         lam = ctx.hparams.lam
         eps, t = ctx.noise_like(x), ctx.timesteps(len(x))
@@ -74,7 +73,12 @@ class SISS(FineTuneMethod):
         log_w_x, log_w_a = siss_log_weights(delta, lam)
         pred = predict_noise(ctx.model, m, t)
         loss_x = (log_w_x.exp() * sum_sq(pred - res_x)).mean()
-        # g_a is used only through its direction, so its weights may share any positive factor.
-        loss_a = ((log_w_a - log_w_a.max()).exp() * sum_sq(pred - res_a)).mean()
-        subtract_rescaled(ctx, loss_x, loss_a, scale)
-        return float(loss_x.detach())
+        # g_a is used only through its direction: its weights are divided by their largest one (w_a = e^δ
+        # overflows at λ = 0), a factor the loop's accumulation makes common to all micro-batches.
+        log_c = float(log_w_a.max())
+        log_c = log_c if math.isfinite(log_c) else 0.0  # every w_a underflowed: L_a is 0 anyway
+        loss_a = ((log_w_a - log_c).exp() * sum_sq(pred - res_a)).mean()
+        return loss_x, loss_a, log_c
+
+    def rule(self, ctx: StepContext, g_x: list[Tensor], g_a: list[Tensor]) -> list[Tensor]:
+        return subtract_rescaled(g_x, g_a, ctx.hparams.scaling_norm)
