@@ -104,15 +104,17 @@ class SDMemorized(Task):
             ),
             "paper": Tier(
                 name="paper", unet=SD_UNET, base_training=None,
-                unlearning=LoopConfig(steps=30, batch_size=1, grad_accum=16, lr=1e-5, precision="bf16", **sd_loop),
+                # fp32 as the official configs (`mixed_precision: null`); bf16 is `--set loop.precision=bf16`
+                unlearning=LoopConfig(steps=30, batch_size=1, grad_accum=16, lr=1e-5, precision="fp32", **sd_loop),
                 sampler=SamplerConfig(kind="ddpm", steps=50, num_samples=16, batch_size=16),
                 classifier=None, seeds=(0,), metrics=SD_METRICS, forget_sets=PUBLISHED_PROMPTS, base_model=SD_V1_4,
                 # prepare_images is not published (the released data fixes it): 128 leaves ReTrack its K = 10
                 # retain neighbours for prompts memorized up to 92%.
                 eval={"guidance_scale": 7.5, "prepare_images": 128, "kmeans_k": 2},
-                description="the published protocol (protocols.md §2-§4): SD v1.4, 48 memorized prompts, 30 steps of "
-                            "batch 1 x 16 accumulation, AdamW lr 1e-5 (0.9, 0.999) wd 1e-2, bf16; 16 images per "
-                            "prompt and prompt kind, DDPM 50 steps, CFG 7.5; meant for a GPU",
+                description="the published protocol (ReTrack's Stable Diffusion config): SD v1.4, 48 memorized "
+                            "prompts, 30 steps of batch 1 x 16 accumulation, AdamW lr 1e-5 (0.9, 0.999) wd 1e-2, "
+                            "fp32 (bf16 with --set loop.precision=bf16); 16 images per prompt and prompt kind, "
+                            "DDPM 50 steps, CFG 7.5; meant for a GPU",
             ),
         }
 

@@ -410,6 +410,6 @@ def test_paper_dry_run_prints_the_published_settings(capsys) -> None:
     load_all()
     assert main(["run", "--task", "sd_memorized", "--tier", "paper", "--dry-run"]) == 0
     out = capsys.readouterr().out
-    for fact in ("1e-05", "1 x 16", "(0.9, 0.999)", "0.01", "750", "lam=0.5", "eta=0.01", "bf16", "7.5",
+    for fact in ("1e-05", "1 x 16", "(0.9, 0.999)", "0.01", "750", "lam=0.5", "eta=0.01", "fp32", "7.5",
                  "CompVis/stable-diffusion-v1-4"):
         assert fact in out, fact
