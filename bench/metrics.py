@@ -8,15 +8,20 @@ substitute number.
 from __future__ import annotations
 
 import hashlib
+import io
+import json
 import os
 import socket
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 from torch import Tensor
 
+from unlearnbench.io import atomic_write_bytes, sha256_file
 from unlearnbench.registry import METRICS
 
 
@@ -141,11 +146,35 @@ class _Images(torch.utils.data.Dataset):
         return img.expand(self.channels, -1, -1).contiguous() if self.channels else img
 
 
+class _Concat:
+    """Two (possibly lazy) image sets read as one, indexable by an int or an index tensor."""
+
+    def __init__(self, first: Any, second: Any) -> None:
+        self.first, self.second = first, second
+
+    def __len__(self) -> int:
+        return len(self.first) + len(self.second)
+
+    def __getitem__(self, i: Any) -> Tensor:
+        if torch.is_tensor(i) and i.ndim:
+            return torch.stack([self[int(j)] for j in i])
+        i = int(i)
+        return self.first[i] if i < len(self.first) else self.second[i - len(self.first)]
+
+
+#: The FID reference sets a tier may declare as ``eval["fid_reference"]`` (recorded in its config).
+FID_REFERENCES = {
+    "retain": "training images without the forget set",
+    "all": "all training images, the forget set included (the reference of the official ReTrack evaluator)",
+}
+
+
 class _Subset:
     """A seeded random subset of a (possibly lazy) image set: the FID reference when a tier caps its size."""
 
-    def __init__(self, images: Any, size: int | None, seed: int = 0) -> None:
+    def __init__(self, images: Any, size: int | None, seed: int = 0, label: str = FID_REFERENCES["retain"]) -> None:
         self.images = images
+        self.label = label
         n = len(images)
         if size is None or size >= n:
             self.index = torch.arange(n)
@@ -160,30 +189,142 @@ class _Subset:
 
     def describe(self) -> str:
         total = len(self.images)
-        return (f"all {total} training images" if len(self) == total
-                else f"{len(self)} of {total} training images (seeded random subset)")
+        return (f"{total} images: {self.label}" if len(self) == total
+                else f"{len(self)} of {total} images (seeded random subset): {self.label}")
 
 
 def fid_reference(ctx: "EvalContext") -> _Subset:
-    """The FID reference set: the retain (training) images, capped by the tier's ``fid_reference_size``."""
-    return _Subset(ctx.retain, ctx.tier_eval.get("fid_reference_size"))
+    """The FID reference set the tier declares (``eval["fid_reference"]``, default ``retain``), capped by its
+    ``fid_reference_size``. ``all`` adds the forget samples to the retain images, as the training set had them."""
+    kind = ctx.tier_eval.get("fid_reference", "retain")
+    if kind not in FID_REFERENCES:
+        raise ValueError(f"unknown fid_reference {kind!r}; use one of {sorted(FID_REFERENCES)}")
+    images = ctx.retain if kind == "retain" else _Concat(ctx.retain, ctx.data.forget)
+    return _Subset(images, ctx.tier_eval.get("fid_reference_size"), label=FID_REFERENCES[kind])
 
 
-def _fidelity(ctx: EvalContext, extractor: str, weights: str, isc: bool, fid: bool, channels: int | None = None,
-              salt: str = "", **options: Any) -> dict[str, float]:
-    import torch_fidelity
+FIDELITY_OPTIONS: dict[str, Any] = dict(isc_splits=10, batch_size=256, save_cpu_ram=True, verbose=False, cache=False)
+#: The suite's own cache of reference-set FID statistics, a folder of ``ctx.cache_dir``: non-executable ``.npz``.
+STATS_DIR = "fid-stats"
+STATS_FORMAT = 1
 
-    kept = ctx.kept
-    kwargs: dict[str, Any] = dict(
-        input1=_Images(kept, channels), input1_cache_name="s" + content_hash(kept, salt=salt + extractor),
-        feature_extractor=extractor, feature_extractor_weights_path=weights, isc=isc, fid=fid, isc_splits=10,
-        cuda=ctx.device.type == "cuda", batch_size=256, save_cpu_ram=True, verbose=False,
-        cache_root=str(ctx.cache_dir / "torch-fidelity"), cache=True, **options,
-    )
+
+def _fidelity(ctx: EvalContext, extractor: str, weights: str | None, isc: bool, fid: bool,
+              channels: int | None = None, salt: str = "", **options: Any) -> dict[str, float]:
+    """IS and/or FID of the cell's kept samples by torch-fidelity's own functions, the numbers of
+    ``torch_fidelity.calculate_metrics``.
+
+    torch-fidelity's cache is never used: it unpickles ``.pt`` files (``torch.load(weights_only=False)``),
+    so a planted file in the cache folder would run code. The samples' features are extracted once per
+    cell (memoised: IS and FID read the same pass); the reference set's statistics come from
+    ``_reference_statistics``, the suite's npz cache.
+    """
+    from torch_fidelity.metric_fid import fid_featuresdict_to_statistics, fid_statistics_to_metric
+    from torch_fidelity.metric_isc import isc_featuresdict_to_metric
+
+    kwargs = _fidelity_kwargs(ctx, extractor, weights, options)
+    layers = _feature_layers(kwargs)
+    feat, features = _sample_features(ctx, kwargs, layers, channels, salt)
+    out: dict[str, float] = {}
+    if isc:
+        out.update(isc_featuresdict_to_metric(features, layers["isc"], **kwargs))
     if fid:
-        ref = fid_reference(ctx)
-        kwargs.update(input2=_Images(ref, channels), input2_cache_name="r" + _reference_hash(ref, salt + extractor))
-    return torch_fidelity.calculate_metrics(**kwargs)
+        stats = fid_featuresdict_to_statistics(features, layers["fid"])
+        ref = _reference_statistics(ctx, feat, kwargs, layers["fid"], channels, salt, like=stats)
+        out.update(fid_statistics_to_metric(stats, ref, verbose=False))
+    return out
+
+
+def _fidelity_kwargs(ctx: EvalContext, extractor: str, weights: str | None, options: dict[str, Any]) -> dict[str, Any]:
+    """torch-fidelity's keyword arguments for one extractor (its cache off)."""
+    return dict(feature_extractor=extractor, feature_extractor_weights_path=weights, isc=True, fid=True,
+                cuda=ctx.device.type == "cuda", **FIDELITY_OPTIONS, **options)
+
+
+def _feature_layers(kwargs: dict[str, Any]) -> dict[str, str]:
+    """The extractor's feature layer for IS and for FID, as torch-fidelity resolves them."""
+    from torch_fidelity.utils import resolve_feature_layer_for_metric
+
+    return {metric: resolve_feature_layer_for_metric(metric, **kwargs) for metric in ("isc", "fid")}
+
+
+def _sample_features(ctx: EvalContext, kwargs: dict[str, Any], layers: dict[str, str], channels: int | None,
+                     salt: str) -> tuple[Any, dict[str, Tensor]]:
+    """The extractor and the features of the kept samples (both layers), once per cell and extractor."""
+    from torch_fidelity.utils import create_feature_extractor, extract_featuresdict_from_input_id
+
+    key = ("fidelity", kwargs["feature_extractor"], salt, channels,
+           tuple(sorted((k, str(v)) for k, v in kwargs.items() if k.startswith("feature_layer"))))
+    if key not in ctx.memo:
+        feat = create_feature_extractor(kwargs["feature_extractor"], sorted(set(layers.values())), **kwargs)
+        features = extract_featuresdict_from_input_id(1, feat, input1=_Images(ctx.kept, channels), **kwargs)
+        ctx.memo[key] = (feat, features)
+    return ctx.memo[key]
+
+
+def _reference_statistics(ctx: EvalContext, feat: Any, kwargs: dict[str, Any], layer: str, channels: int | None,
+                          salt: str, like: dict[str, Any]) -> dict[str, Any]:
+    """FID statistics (mu, sigma) of the reference set: read from the npz cache, or computed and cached.
+
+    Keyed by a hash of the header (extractor, layer, weights hash, reference content hash, n), which
+    the file also stores and must match on load.
+    """
+    from torch_fidelity.metric_fid import fid_featuresdict_to_statistics
+    from torch_fidelity.utils import extract_featuresdict_from_input_id
+
+    ref = fid_reference(ctx)
+    header = {"format": STATS_FORMAT, "extractor": kwargs["feature_extractor"], "layer": layer, "weights": salt,
+              "channels": channels, "reference": _memo_reference_hash(ctx, ref), "n": len(ref)}
+    name = hashlib.sha256(json.dumps(header, sort_keys=True).encode()).hexdigest()[:24]
+    path = ctx.cache_dir / STATS_DIR / f"{header['extractor']}-{layer}-{name}.npz"
+    stats = load_statistics(path, header, like) if path.exists() else None
+    if stats is None:
+        features = extract_featuresdict_from_input_id(2, feat, input2=_Images(ref, channels), **kwargs)
+        stats = fid_featuresdict_to_statistics(features, layer)
+        save_statistics(path, stats, header)
+    return stats
+
+
+def load_statistics(path: Path, header: dict[str, Any], like: dict[str, Any]) -> dict[str, Any] | None:
+    """Cached FID statistics of ``path``, or None after warning about and deleting a file that fails a check.
+
+    Loaded without unpickling (``allow_pickle=False``); checked: exactly the arrays ``mu``, ``sigma`` and
+    ``header``, the stored header equal to ``header``, float ``mu`` (d,) and ``sigma`` (d, d) of the
+    dtypes and size of ``like`` (the samples' statistics they are compared with).
+    """
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if sorted(data.files) != ["header", "mu", "sigma"]:
+                raise ValueError(f"holds {sorted(data.files)}, expected ['header', 'mu', 'sigma']")
+            stored, mu, sigma = data["header"], data["mu"], data["sigma"]
+        if stored.dtype.kind != "U" or stored.ndim != 0 or json.loads(stored.item()) != header:
+            raise ValueError("its header does not match this reference set, extractor and weights")
+        d = like["mu"].shape[0]
+        if mu.shape != (d,) or sigma.shape != (d, d):
+            raise ValueError(f"shapes {mu.shape}/{sigma.shape}, expected {(d,)}/{(d, d)}")
+        if mu.dtype != like["mu"].dtype or sigma.dtype != like["sigma"].dtype:
+            raise ValueError(f"dtypes {mu.dtype}/{sigma.dtype}, expected {like['mu'].dtype}/{like['sigma'].dtype}")
+    except Exception as err:  # any unreadable or foreign file: a cache is repaired, never trusted
+        warnings.warn(f"metric cache {path} is unusable ({type(err).__name__}: {err}); deleted, recomputing",
+                      RuntimeWarning, stacklevel=2)
+        path.unlink(missing_ok=True)
+        return None
+    return {"mu": mu, "sigma": sigma}
+
+
+def save_statistics(path: Path, stats: dict[str, Any], header: dict[str, Any]) -> None:
+    """Write FID statistics as npz (plain arrays, the header as a JSON string), atomically under a unique
+    temporary name: concurrent cells never share one."""
+    buf = io.BytesIO()
+    np.savez(buf, mu=stats["mu"], sigma=stats["sigma"], header=np.array(json.dumps(header, sort_keys=True)))
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _memo_reference_hash(ctx: EvalContext, ref: _Subset) -> str:
+    """``_reference_hash`` of the FID reference set, once per cell (it streams the whole set)."""
+    if "reference_hash" not in ctx.memo:
+        ctx.memo["reference_hash"] = _reference_hash(ref, "")
+    return ctx.memo["reference_hash"]
 
 
 def _reference_hash(ref: _Subset, salt: str) -> str:
@@ -249,7 +390,7 @@ def fid_clf(ctx: EvalContext) -> MetricValue:
     out = _fidelity(ctx, "unlearnbench-mnist-classifier", str(ctx.classifier_dir), isc=False, fid=True,
                     salt=_dir_hash(ctx.classifier_dir))
     return MetricValue(out["frechet_inception_distance"], n_samples=len(ctx.kept),
-                       reference=f"retain set ({len(ctx.retain)} images)")
+                       reference=fid_reference(ctx).describe())
 
 
 INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"
@@ -310,8 +451,14 @@ def inception_weights(ctx: EvalContext) -> tuple[str | None, str]:
     return ctx.memo["inception_weights"]
 
 
-def _weights_salt(weights: str | None) -> str:
-    return hashlib.sha256(Path(weights).read_bytes()).hexdigest()[:16] if weights else "download"
+def _weights_salt(ctx: EvalContext, weights: str | None) -> str:
+    """Hash of the Inception weights file (a cache-key salt), read once per cell, streamed."""
+    if not weights:
+        return "download"
+    key = f"weights_salt:{weights}"
+    if key not in ctx.memo:
+        ctx.memo[key] = sha256_file(weights)[:16]
+    return ctx.memo[key]
 
 
 def _inception(ctx: EvalContext, weights: str | None) -> dict[str, float]:
@@ -320,7 +467,7 @@ def _inception(ctx: EvalContext, weights: str | None) -> dict[str, float]:
         channels = 3 if ctx.samples.shape[1] == 1 else None
         isc = len(ctx.kept) >= 10
         ctx.memo["inception"] = _fidelity(
-            ctx, "inception-v3-compat", weights, isc=isc, fid=True, channels=channels, salt=_weights_salt(weights),
+            ctx, "inception-v3-compat", weights, isc=isc, fid=True, channels=channels, salt=_weights_salt(ctx, weights),
             feature_layer_fid=str(ctx.tier_eval.get("fid_feature_layer", "2048")))
     return ctx.memo["inception"]
 

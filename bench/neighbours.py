@@ -6,12 +6,16 @@ stays bounded whatever its size.
 from __future__ import annotations
 
 import hashlib
+import io
+import warnings
 from pathlib import Path
 
 import faiss
 import numpy as np
 import torch
 from torch import Tensor
+
+from unlearnbench.io import atomic_write_bytes
 
 
 def unique_rows(x: Tensor) -> tuple[Tensor, Tensor]:
@@ -78,25 +82,59 @@ def cached_knn_search(queries: Tensor, database: Tensor, k: int, cache: Path | N
     """``knn_search`` memoised on disk by a hash of the retain set, the queries and k.
 
     The retain set's preprocessing is part of its bytes (model-space pixels or latents), so a
-    change of preprocessing is a different key.
+    change of preprocessing is a different key. A cache file that does not load as the expected
+    arrays is named in a warning, deleted and rewritten: a bad file never fails a cell twice.
     """
     if cache is None:
         return knn_search(queries, database, k)
+    uniq, inverse = unique_rows(queries)
+    path = Path(cache) / f"knn-{_knn_key(uniq, database, k, queries.shape[1:])}.npz"
+    stored = _load_knn(path, len(uniq), k, len(database)) if path.exists() else None
+    if stored is not None:
+        return stored[0][inverse], stored[1][inverse]
+    dist, index = knn_search(uniq, database, k)
+    _save_knn(path, dist, index)
+    return dist[inverse], index[inverse]
+
+
+def _knn_key(uniq: Tensor, database: Tensor, k: int, shape: tuple[int, ...]) -> str:
+    """Hash of the retain set (streamed in chunks: lazily decoded sets stream too), the distinct queries and k."""
     h = hashlib.sha256()
-    h.update(str((len(database), *queries.shape[1:])).encode())
-    for start in range(0, len(database), 4096):  # chunked: lazily decoded retain sets stream too
+    h.update(str((len(database), *shape)).encode())
+    for start in range(0, len(database), 4096):
         h.update(database[start : start + 4096].contiguous().numpy().tobytes())
-    uniq = unique_rows(queries)[0]
     h.update(uniq.contiguous().numpy().tobytes())
     h.update(f"k={k}".encode())
-    path = Path(cache) / f"knn-{h.hexdigest()[:24]}.npz"
-    uniq, inverse = unique_rows(queries)
-    if path.exists():
-        stored = np.load(path)
-        return torch.from_numpy(stored["dist"])[inverse], torch.from_numpy(stored["index"])[inverse]
-    dist, index = knn_search(uniq, database, k)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, dist=dist.numpy(), index=index.numpy())
-    tmp.replace(path)
-    return dist[inverse], index[inverse]
+    return h.hexdigest()[:24]
+
+
+def _load_knn(path: Path, rows: int, k: int, n_database: int) -> tuple[Tensor, Tensor] | None:
+    """The cached (dist, index) of ``path``, or None after warning about and deleting a file that fails a check.
+
+    Loaded without unpickling; checked: exactly the arrays ``dist`` (float) and ``index`` (integer), both
+    ``rows`` x ``k``, every index within the retain set.
+    """
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            if sorted(stored.files) != ["dist", "index"]:
+                raise ValueError(f"holds {sorted(stored.files)}, expected ['dist', 'index']")
+            dist, index = stored["dist"], stored["index"]
+        if dist.dtype.kind != "f" or index.dtype.kind not in "iu":
+            raise ValueError(f"dtypes {dist.dtype}/{index.dtype}, expected float/integer")
+        if dist.shape != (rows, k) or index.shape != (rows, k):
+            raise ValueError(f"shapes {dist.shape}/{index.shape}, expected {(rows, k)}")
+        if index.size and (index.min() < 0 or index.max() >= n_database):
+            raise ValueError(f"indices outside the retain set of {n_database}")
+    except Exception as err:  # any unreadable or foreign file: a cache is repaired, never trusted
+        warnings.warn(f"kNN cache {path} is unusable ({type(err).__name__}: {err}); deleted, recomputing",
+                      RuntimeWarning, stacklevel=3)
+        path.unlink(missing_ok=True)
+        return None
+    return torch.from_numpy(dist), torch.from_numpy(index.astype(np.int64))
+
+
+def _save_knn(path: Path, dist: Tensor, index: Tensor) -> None:
+    """Write the cache atomically under a unique temporary name (concurrent writers never share one)."""
+    buf = io.BytesIO()
+    np.savez(buf, dist=dist.numpy(), index=index.numpy())
+    atomic_write_bytes(path, buf.getvalue())
