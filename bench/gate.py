@@ -30,7 +30,7 @@ from typing import Any
 
 from unlearnbench.io import atomic_write_json
 from unlearnbench.registry import METRICS, load_all
-from unlearnbench.results import load_records
+from unlearnbench.results import BadRecordError, load_records
 
 BASELINE_SCHEMA = 1
 #: Both sides need at least this many seeds for the Welch test; with fewer, only the tolerance decides.
@@ -82,13 +82,14 @@ def _seed_order(seed: Any) -> tuple[int, Any]:
     return (0, seed) if isinstance(seed, (int, float)) else (1, str(seed))
 
 
-def collect(results: Path) -> tuple[dict[Key, Cell], list[str]]:
+def collect(results: Path, problems: list[BadRecordError] | None = None) -> tuple[dict[Key, Cell], list[str]]:
     """Group the ``ok`` records under ``results`` (recursively) into cells; also return notes
-    (failed records ignored, duplicate seeds resolved) worth printing."""
+    (failed records ignored, duplicate seeds resolved) worth printing. Bad record files go to
+    ``problems`` (or are warned about, see ``load_records``)."""
     notes: list[str] = []
     chosen: dict[tuple[str, str, str, Any], dict[str, Any]] = {}
     failed: list[str] = []
-    for rec in load_records(results):
+    for rec in load_records(results, problems):
         c = rec["cell"]
         run = c["seed"] if c.get("forget_set") is None else f"{c['forget_set']}/seed{c['seed']}"
         cell_id = (str(c["task"]), str(c["tier"]), str(c["method"]), run)
@@ -217,37 +218,77 @@ def summarize(rows: list[Row]) -> tuple[str, bool]:
     return f"gate {'FAILED' if failed else 'passed'}: {len(rows)} cells: {parts}", failed
 
 
+def _non_finite(obj: Any, where: str) -> list[str]:
+    """The places (``where`` + key path) of NaN or infinite numbers inside a parsed JSON value."""
+    if isinstance(obj, float):
+        return [] if math.isfinite(obj) else [f"{where} = {obj}"]
+    if isinstance(obj, dict):
+        return [p for k, v in obj.items() for p in _non_finite(v, f"{where}.{k}" if where else str(k))]
+    if isinstance(obj, list):
+        return [p for i, v in enumerate(obj) for p in _non_finite(v, f"{where}[{i}]")]
+    return []
+
+
+def _write_baseline(results: Path, baseline: Path, cells: dict[Key, Cell], bad: list[BadRecordError],
+                    alpha: float) -> int:
+    """Write the baseline for ``cells``, unless a record file is bad or a value is not finite (exit 2)."""
+    if bad:
+        print(f"check --update: {len(bad)} bad record file(s) under {results} (listed above); refusing to write "
+              f"{baseline} without their cells: fix or remove them", file=sys.stderr)
+        return 2
+    if not cells:
+        print(f"check --update: no ok results under {results}; refusing to write an empty baseline",
+              file=sys.stderr)
+        return 2
+    doc = build_baseline(cells, alpha)
+    non_finite = _non_finite(doc["cells"], "")
+    if non_finite:
+        print(f"check --update: non-finite values would go into {baseline}; refusing to write it: "
+              + "; ".join(non_finite), file=sys.stderr)
+        return 2
+    atomic_write_json(baseline, doc)
+    print(f"baseline {baseline} written: {len(cells)} cells from {results}")
+    return 0
+
+
+def _read_baseline(baseline: Path) -> dict[str, Any] | str:
+    """The baseline document, or why it cannot be used (not JSON, wrong schema, NaN/Infinity values:
+    ``json`` accepts those, and one would compare as neither worse nor better)."""
+    if not baseline.is_file():
+        return f"no baseline {baseline} (write one with --update)"
+    try:
+        doc = json.loads(baseline.read_text())
+    except json.JSONDecodeError as err:
+        return f"baseline {baseline} is not JSON: {err}"
+    if not isinstance(doc, dict) or doc.get("schema") != BASELINE_SCHEMA or not isinstance(doc.get("cells"), dict):
+        return f"{baseline} is not a schema-{BASELINE_SCHEMA} baseline"
+    non_finite = _non_finite(doc, "")
+    if non_finite:
+        return f"baseline {baseline} holds non-finite values: " + "; ".join(non_finite)
+    return doc
+
+
 def check_main(results: Path, baseline: Path, update: bool = False, alpha: float = 0.05) -> int:
     """Compare ``results`` with ``baseline`` (or rewrite the baseline with ``update``); the exit code:
-    0 pass, 1 a regression or a missing cell, 2 unusable input."""
+    0 pass, 1 a regression or a missing cell, 2 unusable input (including any bad record file under
+    ``results``: the comparison is still printed, but the results are incomplete)."""
     load_all()
     results, baseline = Path(results), Path(baseline)
     if not results.is_dir():
         print(f"check: results folder {results} does not exist", file=sys.stderr)
         return 2
-    cells, notes = collect(results)
+    bad: list[BadRecordError] = []
+    cells, notes = collect(results, bad)
+    for err in bad:
+        print(f"warning: bad record {err.path}: {err.reason}", file=sys.stderr)
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
-
     if update:
-        if not cells:
-            print(f"check --update: no ok results under {results}; refusing to write an empty baseline",
-                  file=sys.stderr)
-            return 2
-        atomic_write_json(baseline, build_baseline(cells, alpha))
-        print(f"baseline {baseline} written: {len(cells)} cells from {results}")
-        return 0
+        return _write_baseline(results, baseline, cells, bad, alpha)
 
-    if not baseline.is_file():
-        print(f"check: no baseline {baseline} (write one with --update)", file=sys.stderr)
-        return 2
-    try:
-        doc = json.loads(baseline.read_text())
-    except json.JSONDecodeError as err:
-        print(f"check: baseline {baseline} is not JSON: {err}", file=sys.stderr)
-        return 2
-    if not isinstance(doc, dict) or doc.get("schema") != BASELINE_SCHEMA or not isinstance(doc.get("cells"), dict):
-        print(f"check: {baseline} is not a schema-{BASELINE_SCHEMA} baseline", file=sys.stderr)
+    doc = _read_baseline(baseline)
+    if isinstance(doc, str):
+        print(f"check: {doc}", file=sys.stderr)
         return 2
     try:
         rows = compare(doc, cells, alpha)
@@ -259,4 +300,8 @@ def check_main(results: Path, baseline: Path, update: bool = False, alpha: float
     line, failed = summarize(rows)
     print()
     print(f"{line} (baseline {baseline}, alpha {alpha:g})")
+    if bad:
+        print(f"check: {len(bad)} bad record file(s) under {results} (listed above): the results are "
+              f"incomplete, any cell they held is missing", file=sys.stderr)
+        return 2
     return 1 if failed else 0

@@ -17,6 +17,7 @@ import hashlib
 import html
 import json
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -28,7 +29,7 @@ from tabulate import tabulate
 from unlearnbench.metrics import PERCENT_METRICS
 from unlearnbench import figures
 from unlearnbench.io import atomic_write_text
-from unlearnbench.results import load_records, record_name
+from unlearnbench.results import BadRecordError, load_records, record_name
 
 METHOD_ORDER = ("pretrain", "naive_deletion", "neggrad", "erasediff", "siss", "siss_no_is", "retrack",
                 "retrack_all", "retrain")
@@ -94,21 +95,42 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", text)
 
 
-def _load(results: Path) -> list[tuple[dict[str, Any], Path | None]]:
-    """Every record under ``results`` (``load_records``), each with the file it came from; copies
-    of one cell (the same ``config_hash`` in several places) count once."""
+def _load(results: Path) -> tuple[list[tuple[dict[str, Any], Path | None]], list[BadRecordError]]:
+    """Every good record under ``results`` (``load_records``), each with the file it came from, and
+    the bad record files (each also listed on stderr); copies of one cell (the same ``config_hash``
+    in several places) count once."""
     by_name: dict[str, list[Path]] = {}
     for path in sorted(results.rglob("*.json")):
         by_name.setdefault(path.name, []).append(path)
+    bad: list[BadRecordError] = []
+    records = load_records(results, bad)
+    for err in bad:
+        print(f"report: skipped bad record {err.path}: {err.reason}", file=sys.stderr)
     out, seen = [], set()
-    for rec in load_records(results):
+    for rec in records:
         key = rec.get("config_hash") or json.dumps([rec["cell"], rec.get("created_at")], sort_keys=True, default=str)
         if key in seen:
             continue
         seen.add(key)
         paths = by_name.get(record_name(rec["cell"], rec["config_hash"]), []) if rec.get("config_hash") else []
         out.append((rec, paths[0] if paths else None))
-    return out
+    return out, bad
+
+
+def _named_for(err: BadRecordError, group: Group) -> bool:
+    return err.path.name.startswith(f"{group.task}__{group.tier}__")
+
+
+def _note_skipped(groups: list[Group], bad: list[BadRecordError], results: Path) -> None:
+    """Add to each group a note naming the bad record files that may hold its cells: those named for
+    its (task, tier), and every one named for no group shown (so each bad file is in some note)."""
+    homeless = [err for err in bad if not any(_named_for(err, g) for g in groups)]
+    for group in groups:
+        mine = [err for err in bad if _named_for(err, group)] + homeless
+        if mine:
+            listed = "; ".join(f"{err.path.relative_to(results).as_posix()}: {err.reason}" for err in mine)
+            group.notes.append(f"{len(mine)} record file(s) skipped as unusable (their cells are missing "
+                               f"from this table): {listed}")
 
 
 def _flatten(obj: Any, prefix: str = "") -> dict[str, str]:
@@ -576,12 +598,20 @@ def _draw(group: Group, fig_dir: Path) -> None:
 # ------------------------------------------------------------------------------------------ entry
 
 
+def _groups(results: Path) -> tuple[list[Group], list[BadRecordError]]:
+    """The leaderboards of every (task, tier) with records under ``results``, and the bad record files."""
+    items, bad = _load(results)
+    keys = sorted({(r["cell"]["task"], r["cell"]["tier"]) for r, _ in items})
+    groups = [_build_group(task, tier, [(r, p) for r, p in items
+                                        if (r["cell"]["task"], r["cell"]["tier"]) == (task, tier)])
+              for task, tier in keys]
+    _note_skipped(groups, bad, results)
+    return groups, bad
+
+
 def build_groups(results: Path) -> list[Group]:
     """The leaderboards of every (task, tier) with records under ``results``."""
-    items = _load(Path(results))
-    keys = sorted({(r["cell"]["task"], r["cell"]["tier"]) for r, _ in items})
-    return [_build_group(task, tier, [(r, p) for r, p in items if (r["cell"]["task"], r["cell"]["tier"]) == (task, tier)])
-            for task, tier in keys]
+    return _groups(Path(results))[0]
 
 
 def report_main(results: Path, out: Path | None = None) -> list[Path]:
@@ -590,9 +620,10 @@ def report_main(results: Path, out: Path | None = None) -> list[Path]:
     results = Path(results)
     if not results.is_dir():
         raise FileNotFoundError(f"results folder {results} does not exist")
-    groups = build_groups(results)
+    groups, bad = _groups(results)
     if not groups:
-        raise FileNotFoundError(f"no result records (schema version 1) under {results}")
+        skipped = f" ({len(bad)} bad record file(s) skipped, listed above)" if bad else ""
+        raise FileNotFoundError(f"no result records (schema version 1) under {results}{skipped}")
     out = Path(out) if out is not None else results / "leaderboard"
     fig_dir = out / "figures"
     for g in groups:
