@@ -2,27 +2,69 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
+from collections import Counter
 from pathlib import Path
+from typing import NoReturn
 
+from unlearnbench.errors import ArtefactCorruptError, EnvironmentFailure
 from unlearnbench.registry import METHODS, METRICS, TASKS, UnknownNameError, load_all
+from unlearnbench.validate import MAX_SEEDS, UsageError, did_you_mean
 
 DEFAULT_TASK = "mnist_tshirt_mini"
 SUBCOMMANDS = ("run", "ls", "prepare", "tune", "report", "check")
+INTERRUPTED = "interrupted; finished cells are kept, rerun the same command to resume"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are one ``UsageError`` line (``main`` prints it, exit 2), not usage text."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see {self.prog} --help)")
 
 
 def _csv(text: str) -> list[str]:
-    return [t for t in text.split(",") if t]
+    return [t.strip() for t in text.split(",") if t.strip()]
 
 
-def _seeds(text: str) -> list[int]:
-    """'0,1,2' or '0-9'."""
-    out: list[int] = []
-    for part in _csv(text):
-        lo, dash, hi = part.partition("-")
-        out += list(range(int(lo), int(hi) + 1)) if dash else [int(lo)]
-    return out
+def _names(flag: str, values: list[str] | None) -> list[str] | None:
+    """A comma-separated list of names: None when the flag is absent; given but empty is an error."""
+    if values is not None and not values:
+        what = flag.lstrip("-")
+        raise UsageError(f"{flag}: no {what} given (see `run_bench.py ls {what}`)")
+    return values
+
+
+def _seed_range(part: str, text: str) -> range:
+    """One ``N`` or ``LO-HI`` of ``--seeds``."""
+    match = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+    if not match:
+        raise UsageError(f"--seeds {text}: {part!r} is not a seed or a range; seeds are integers >= 0, "
+                         f"e.g. --seeds 0,1,2 or --seeds 0-9")
+    lo, hi = int(match[1]), int(match[2] or match[1])
+    if hi < lo:
+        raise UsageError(f"--seeds {text}: the range {part} goes down; write {hi}-{lo}")
+    return range(lo, hi + 1)
+
+
+def parse_seeds(text: str) -> list[int]:
+    """'0,1,2', '0-9' or both -> the seeds in order, each once (a repeat is dropped with a note on stderr)."""
+    ranges = [_seed_range(part, text) for part in _csv(text)]
+    if not ranges:
+        raise UsageError(f"--seeds {text!r}: no seeds given; e.g. --seeds 0,1,2 or --seeds 0-9")
+    total = sum(len(r) for r in ranges)
+    if total > MAX_SEEDS:
+        raise UsageError(f"--seeds {text}: {total} seeds; at most {MAX_SEEDS} in one run")
+    seeds = [s for r in ranges for s in r]
+    repeated = [s for s, n in Counter(seeds).items() if n > 1]
+    if repeated:
+        unique = list(dict.fromkeys(seeds))
+        shown = ", ".join(map(str, repeated[:10])) + (", ..." if len(repeated) > 10 else "")
+        print(f"note: --seeds {text} repeats {shown}; each seed runs once ({len(unique)} seed{'s' * (len(unique) != 1)})", file=sys.stderr)
+        return unique
+    return seeds
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -34,12 +76,12 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="run_bench.py", description="unlearnbench: data unlearning in diffusion models")
+    parser = _Parser(prog="run_bench.py", description="unlearnbench: data unlearning in diffusion models")
     sub = parser.add_subparsers(dest="command")
     run = sub.add_parser("run", help="run methods on a task and print the comparison table (default)")
     _common(run)
     run.add_argument("--methods", type=_csv, default=None, help="comma-separated (default: all)")
-    run.add_argument("--seeds", type=_seeds, default=None, help="e.g. 0,1,2 or 0-9 (default: the tier's seeds)")
+    run.add_argument("--seeds", default=None, help="e.g. 0,1,2 or 0-9 (default: the tier's seeds)")
     run.add_argument("--out", type=Path, default=None, help="results folder (default runs/<task>-<tier>)")
     run.add_argument("--base-model", default=None, help="diffusers UNet folder or hub id to unlearn")
     run.add_argument("--base-subfolder", default=None, help="subfolder of --base-model, e.g. unet_ema")
@@ -87,22 +129,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _with_command(argv: list[str]) -> list[str]:
+    """``argv`` led by its command: ``run`` is implied only before an option (or for no arguments);
+    a first word that is no command is an error, so ``export ...`` is not silently a run."""
+    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
+        return ["run", *argv]
+    if argv[0] in SUBCOMMANDS or argv[0] in ("-h", "--help"):
+        return argv
+    raise UsageError(f"unknown command {argv[0]!r}; {did_you_mean(argv[0], SUBCOMMANDS, same_first_letter=True)}"
+                     f"commands: {', '.join(SUBCOMMANDS)}")
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. Bad input is one ``error:`` line and exit 2; Ctrl-C is one line and exit 130."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or (argv[0] not in SUBCOMMANDS and argv[0] not in ("-h", "--help")):
-        argv = ["run", *argv]
-    args = build_parser().parse_args(argv)
-    load_all()
+    command = "run"
     try:
+        argv = _with_command(argv)
+        command = argv[0]
+        args = build_parser().parse_args(argv)
+        load_all()
         commands = {"run": cmd_run, "ls": cmd_ls, "prepare": cmd_prepare, "tune": cmd_tune, "report": cmd_report,
                     "check": cmd_check}
         return commands[args.command](args)
-    except UnknownNameError as err:
+    except (UsageError, UnknownNameError, FileNotFoundError, ArtefactCorruptError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except FileNotFoundError as err:
+    except EnvironmentFailure as err:
         print(f"error: {err}", file=sys.stderr)
-        return 2
+        return 3
+    except KeyboardInterrupt:
+        print(INTERRUPTED if command in ("run", "tune") else "interrupted", file=sys.stderr, flush=True)
+        return 130
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
@@ -123,34 +181,63 @@ def cmd_ls(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from unlearnbench.runner import Benchmark, RunOptions, parse_overrides
-    from unlearnbench.table import comparison_table, markdown_report
-    from unlearnbench.io import atomic_write_text
-
+def _executor_options(args: argparse.Namespace) -> dict[str, int | str]:
+    """The options of ``--executor`` given on the command line, each checked to apply to it."""
     executor_options = {k: v for k, v in {"workers": args.workers, "threads": args.threads, "address": args.ray_address,
                                           "max_retries": args.max_retries}.items() if v is not None}
     allowed = {"local": {"threads"}, "pool": {"workers", "threads", "max_retries"},
                "ray": {"workers", "threads", "address", "max_retries"}}[args.executor]
     flags = {"workers": "--workers", "threads": "--threads", "address": "--ray-address", "max_retries": "--max-retries"}
-    for key in sorted(set(executor_options) - allowed):
-        print(f"error: {flags[key]} does not apply to --executor {args.executor}", file=sys.stderr)
-        return 2
+    stray = sorted(set(executor_options) - allowed)
+    if stray:
+        raise UsageError(f"{flags[stray[0]]} does not apply to --executor {args.executor}")
     if any(executor_options.get(k, 1) < 1 for k in ("workers", "threads")) or executor_options.get("max_retries", 0) < 0:
-        print("error: --workers and --threads must be at least 1, --max-retries at least 0", file=sys.stderr)
-        return 2
-    opts = RunOptions(task=args.task, tier=args.tier, methods=args.methods, seeds=args.seeds, out=args.out,
+        raise UsageError("--workers and --threads must be at least 1, --max-retries at least 0")
+    return executor_options
+
+
+def _planned(opts: "RunOptions") -> tuple["Benchmark", list["CellPlan"]]:  # noqa: F821
+    """The benchmark and its cells. A ValueError while building them is bad input (a method the task
+    cannot run, a setting it lacks), so it is a UsageError; a cell's own failure comes later, in its record."""
+    from unlearnbench.runner import Benchmark
+
+    try:
+        bench = Benchmark(opts, log=lambda s: print(s, file=sys.stderr, flush=True))
+        return bench, bench.plan()
+    except UsageError:
+        raise
+    except ValueError as err:
+        raise UsageError(str(err)) from err
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from unlearnbench.io import atomic_write_text
+    from unlearnbench.runner import RunOptions, parse_overrides
+    from unlearnbench.table import comparison_table, markdown_report
+    from unlearnbench.validate import ensure_writable_folder, require_int, validate_base_model
+
+    executor_options = _executor_options(args)
+    require_int("--eval-every", args.eval_every, 0)
+    validate_base_model(args.base_model)
+    opts = RunOptions(task=args.task, tier=args.tier, methods=_names("--methods", args.methods),
+                      seeds=None if args.seeds is None else parse_seeds(args.seeds), out=args.out,
                       data_root=args.data_root, base_model=args.base_model, base_subfolder=args.base_subfolder,
-                      device=args.device, overrides=parse_overrides(args.overrides), metrics=args.metrics,
+                      device=args.device, overrides=parse_overrides(args.overrides),
+                      metrics=_names("--metrics", args.metrics),
                       inception_weights=args.inception_weights, sscd_weights=args.sscd_weights,
                       clip_weights=args.clip_weights, eval_every=args.eval_every,
                       progress=not args.no_progress, overwrite=args.overwrite, retry_failed=args.retry_failed,
                       executor=args.executor, executor_options=executor_options)
     started = time.perf_counter()
-    bench = Benchmark(opts, log=lambda s: print(s, file=sys.stderr, flush=True))
+    bench, plans = _planned(opts)
     if args.dry_run:
         print_plan(bench, estimate=not args.no_estimate)
         return 0
+    ensure_writable_folder(bench.out, "--out")
+    if args.executor == "ray" and args.ray_address:
+        from unlearnbench.executors import check_ray_address
+
+        check_ray_address(args.ray_address)
     records = bench.run()
     title = f"{bench.task_name} / tier {bench.tier.name}"
     source = records[0]["data_source"] if records else {}
@@ -198,6 +285,7 @@ def print_plan(bench: "Benchmark", estimate: bool = True) -> None:  # noqa: F821
                      loop.get("precision", "-"),
                      ", ".join(f"{k}={v}" for k, v in plan.config["hparams"].items()) or "-"])
     print(tabulate(rows, headers=["method", "steps", "batch x accum", "lr", "betas", "wd", "precision", "hparams"]))
+    print_sources(bench)
     forget = [f for f in bench.forget_sets if f is not None]
     runs = max(1, len(forget)) * len(bench.seeds)
     print(f"seeds: {', '.join(map(str, bench.seeds))}"
@@ -217,12 +305,35 @@ def print_plan(bench: "Benchmark", estimate: bool = True) -> None:  # noqa: F821
             print(f"  {note}")
 
 
+def print_sources(bench: "Benchmark") -> None:  # noqa: F821
+    """Where each method's settings come from, where that is not simply the tier (precedence:
+    defaults < published < tier/tuned < user)."""
+    seen: set[str] = set()
+    lines = []
+    for plan in bench.plan():
+        method = plan.cell["method"]
+        if method in seen:
+            continue
+        seen.add(method)
+        values = {**{f"loop.{k}": v for k, v in (plan.config["loop"] or {}).items()},
+                  **{f"hparams.{k}": v for k, v in plan.config["hparams"].items()}}
+        notable = [f"{key}={values.get(key)} from {src}" for key, src in plan.sources.items()
+                   if not src.startswith(f"tier {bench.tier.name}") or "(" in src]
+        if notable:
+            lines.append(f"  {method}: " + "; ".join(notable))
+    print("settings not taken from the tier as is (defaults < published < tier/tuned < user):")
+    print("\n".join(lines) if lines else "  none")
+
+
 def cmd_prepare(args: argparse.Namespace) -> int:
     from unlearnbench.artifacts import BASE, CLASSIFIER, RETRAIN, prepare
     from unlearnbench.runner import resolve_device
+    from unlearnbench.validate import validate_base_model
 
     task = TASKS.get(args.task)
     tier = task.tier(args.tier or task.default_tier)
+    device = resolve_device(args.device)
+    validate_base_model(args.base_model)
     if hasattr(task, "prepare_data"):  # tasks whose data the suite builds (Stable Diffusion prompt folders)
         if args.prompts is None:
             print(f"error: prepare --task {args.task} needs --prompts FILE (and --data-root DIR for the folders)",
@@ -232,12 +343,12 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         if out is None:
             print("error: say where the prompt folders go with --data-root DIR", file=sys.stderr)
             return 2
-        folders = task.prepare_data(args.prompts, out, args.base_model, tier, resolve_device(args.device),
+        folders = task.prepare_data(args.prompts, out, args.base_model, tier, device,
                                     not args.no_progress, args.sscd_weights)
         print(f"prepared {len(folders)} prompt folder(s) in {out}")
         return 0
     only = tuple(args.only or (BASE, RETRAIN, CLASSIFIER))
-    out = prepare(task, tier, task.load(args.data_root), resolve_device(args.device), out=args.out, only=only,
+    out = prepare(task, tier, task.load(args.data_root), device, out=args.out, only=only,
                   force=args.force, progress=not args.no_progress, data_root=args.data_root)
     print(f"prepared {', '.join(only)} in {out}")
     return 0
@@ -245,7 +356,9 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     from unlearnbench.gate import check_main
+    from unlearnbench.validate import require_real
 
+    require_real("--alpha", args.alpha, gt=0, lt=1)
     return check_main(args.results, args.baseline, update=args.update, alpha=args.alpha)
 
 
@@ -260,6 +373,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_tune(args: argparse.Namespace) -> int:
     from unlearnbench.tuning import run_tuning
 
+    _names("--methods", args.methods)
     return run_tuning(args)
 
 

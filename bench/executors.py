@@ -180,7 +180,9 @@ def _pool_worker(index: int, conn: Any, pickled_opts: bytes, threads: int, gpu: 
     """One worker process: pin its GPU and threads, build the benchmark once, run cells it is sent.
     The options arrive pickled so that nothing imports torch before CUDA_VISIBLE_DEVICES is set."""
     import pickle
+    import signal
 
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops the workers
     if gpu is not None:  # this process is spawned (fresh): nothing has touched CUDA yet
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
     os.environ["OMP_NUM_THREADS"] = str(threads)
@@ -357,14 +359,20 @@ class PoolExecutor(Executor):
 def _artifact_bundle(bench: "Benchmark") -> dict[str, Any] | None:
     """The driver's prepared artefacts of this (task, tier) -- base model, retrain oracle,
     classifier, manifest -- as a tar archive, for nodes that do not share its filesystem.
-    Package-shipped weights are on every node already; metric caches (torch-fidelity features)
-    are not shipped: each node recomputes the retain statistics once."""
+    Only ``base*/``, ``retrain*/``, ``classifier/`` and ``manifest.json`` are shipped: metric caches
+    (``fid-stats/``, a stale ``torch-fidelity/``) and anything else stay behind, each node recomputes
+    the retain statistics once. Package-shipped weights are on every node already; links are never
+    shipped."""
     from unlearnbench.paths import cache_dir
 
     root = cache_dir(bench.task_name, bench.tier.name)
-    tops = sorted(root.iterdir()) if root.exists() else []  # base, retrain (per forget set), classifier, manifest
+    tops = sorted(root.iterdir()) if root.exists() else []
+    tops = [t for t in tops if not t.is_symlink() and (
+        (t.is_dir() and (t.name == "classifier" or t.name.startswith(("base", "retrain"))))
+        or (t.is_file() and t.name == "manifest.json"))]
     paths = [p for top in tops for p in ([top] if top.is_file() else sorted(top.rglob("*")))]
-    paths = [p for p in paths if p.is_file() and not p.name.startswith(".")]
+    paths = [p for p in paths if p.is_file() and not p.is_symlink() and not p.name.startswith(".")
+             and "checkpoints" not in p.relative_to(root).parts]  # training snapshots: no cell reads them
     if not paths:
         return None
     buf = io.BytesIO()
@@ -440,6 +448,62 @@ def _ray_cell(opts: "RunOptions", digest: str, threads: int, bundle: dict[str, A
                 os.environ["UNLEARNBENCH_CACHE"] = saved
 
 
+RAY_CONNECT_TIMEOUT_S = 30.0  # how long --ray-address may take to answer; env UNLEARNBENCH_RAY_TIMEOUT overrides
+
+
+def ray_connect_timeout() -> float:
+    """Seconds to wait for a Ray cluster's port (``UNLEARNBENCH_RAY_TIMEOUT``, default 30)."""
+    from unlearnbench.validate import UsageError
+
+    raw = os.environ.get("UNLEARNBENCH_RAY_TIMEOUT", "")
+    try:
+        timeout = float(raw) if raw.strip() else RAY_CONNECT_TIMEOUT_S
+    except ValueError:
+        timeout = -1.0
+    if not timeout > 0:
+        raise UsageError(f"UNLEARNBENCH_RAY_TIMEOUT={raw!r}: must be a number of seconds > 0")
+    return timeout
+
+
+def _ray_host_port(address: str) -> tuple[str, int] | None:
+    """(host, port) a Ray address connects to; None for ``auto``/``local`` (Ray finds those itself)."""
+    from urllib.parse import urlsplit
+
+    from unlearnbench.validate import UsageError
+
+    if address in ("auto", "local"):
+        return None
+    scheme, _, rest = address.rpartition("://")
+    parts = urlsplit(f"//{rest}")
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if not parts.hostname or port == -1:
+        raise UsageError(f"--ray-address {address}: not HOST:PORT (e.g. head:6379, ray://head:10001 or auto)")
+    return parts.hostname, port if port is not None else (10001 if scheme == "ray" else 6379)
+
+
+def check_ray_address(address: str, timeout: float | None = None) -> None:
+    """Fail at once, with one line, when nothing answers at a Ray cluster's address within ``timeout``
+    seconds, instead of ``ray.init`` waiting (or retrying) far longer."""
+    import socket
+
+    from unlearnbench.validate import UsageError
+
+    target = _ray_host_port(address)
+    if target is None:
+        return
+    timeout = ray_connect_timeout() if timeout is None else timeout
+    try:
+        with socket.create_connection(target, timeout=timeout):
+            pass
+    except OSError as err:
+        reason = f"no answer within {timeout:g} s" if isinstance(err, TimeoutError) else (err.strerror or str(err))
+        raise UsageError(f"--ray-address {address}: cannot reach the Ray cluster at {target[0]}:{target[1]} "
+                         f"({reason}); is `ray start --head` running there?") from None
+
+
 class RayExecutor(Executor):
     """Each cell a Ray task with ``num_cpus`` / ``num_gpus``. ``address`` connects to a running
     cluster (``"auto"``, ``"ray://head:10001"``, ``"head:6379"``); without one a local instance is
@@ -482,6 +546,7 @@ class RayExecutor(Executor):
             if self.runtime_env:
                 kwargs["runtime_env"] = self.runtime_env
             if self.address:
+                check_ray_address(self.address)
                 ray.init(address=self.address, **kwargs)
             else:
                 cpus = int(self.workers * self.num_cpus) if self.workers else available_cpus()

@@ -15,8 +15,14 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from torch import Tensor
+
+from unlearnbench.validate import DataFileError
+
+
+class UnsafePickleError(pickle.UnpicklingError, DataFileError):
+    """A CIFAR batch that asks to rebuild something other than arrays and lists (refused, not run)."""
 
 
 class _ArrayOnlyUnpickler(pickle.Unpickler):
@@ -30,19 +36,42 @@ class _ArrayOnlyUnpickler(pickle.Unpickler):
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) not in self.ALLOWED:
-            raise pickle.UnpicklingError(f"refusing to load {module}.{name}: a CIFAR batch holds only arrays and lists")
+            raise UnsafePickleError(f"refusing to load {module}.{name}: a CIFAR batch holds only arrays and lists")
         return super().find_class(module, name)
 
 
 def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """uint8 images (N, 3, 32, 32) and int64 labels of one CIFAR-10 python batch file."""
-    with open(path, "rb") as f:
-        batch = _ArrayOnlyUnpickler(io.BufferedReader(f), encoding="bytes").load()
-    data = batch.get(b"data", batch.get("data"))
-    labels = batch.get(b"labels", batch.get("labels"))
+    try:
+        with open(path, "rb") as f:
+            batch = _ArrayOnlyUnpickler(io.BufferedReader(f), encoding="bytes").load()
+    except UnsafePickleError as err:
+        raise UnsafePickleError(f"{path}: {err}") from None
+    except FileNotFoundError:
+        raise
+    except (OSError, pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError,
+            MemoryError) as err:  # a corrupt length field can ask for an absurd allocation
+        raise DataFileError(f"{path} is not a readable CIFAR-10 python batch (truncated or corrupt): {err}") from None
+    data = batch.get(b"data", batch.get("data")) if isinstance(batch, dict) else None
+    labels = batch.get(b"labels", batch.get("labels")) if isinstance(batch, dict) else None
     if data is None or labels is None:
-        raise ValueError(f"{path} is not a CIFAR-10 python batch (no 'data'/'labels' entries)")
-    return np.asarray(data, dtype=np.uint8).reshape(-1, 3, 32, 32), np.asarray(labels, dtype=np.int64)
+        raise DataFileError(f"{path} is not a CIFAR-10 python batch (no 'data'/'labels' entries)")
+    try:
+        return np.asarray(data, dtype=np.uint8).reshape(-1, 3, 32, 32), np.asarray(labels, dtype=np.int64)
+    except (ValueError, TypeError) as err:
+        raise DataFileError(f"{path}: CIFAR-10 images must be rows of 3x32x32 uint8 values ({err})") from None
+
+
+def open_image(path: Path, mode: str = "RGB") -> Image.Image:
+    """The image at ``path`` decoded in ``mode``; a corrupt or non-image file is a ``DataFileError`` naming it."""
+    try:
+        with Image.open(path) as img:
+            return img.convert(mode)
+    except FileNotFoundError:
+        raise
+    except (OSError, SyntaxError, ValueError) as err:  # PIL: UnidentifiedImageError, truncated data, broken chunks
+        reason = "not an image format PIL reads" if isinstance(err, UnidentifiedImageError) else str(err)
+        raise DataFileError(f"{path} is not a readable image: {reason}") from None
 
 
 def uint8_to_model(images: np.ndarray | Tensor) -> Tensor:
@@ -72,9 +101,9 @@ class ImageFolderSet:
         return (len(self), *first.shape)
 
     def _decode(self, path: Path) -> Tensor:
-        img = Image.open(path).convert("RGB")
+        img = open_image(path)
         if self.size and img.size != (self.size, self.size):
-            raise ValueError(f"{path} is {img.size[0]}x{img.size[1]}, expected {self.size}x{self.size}")
+            raise DataFileError(f"{path} is {img.size[0]}x{img.size[1]}, expected {self.size}x{self.size}")
         return uint8_to_model(np.asarray(img).transpose(2, 0, 1).copy())
 
     def __getitem__(self, index: int | slice | Sequence[int] | Tensor) -> Tensor:

@@ -56,6 +56,8 @@ class Tier:
     metrics: tuple[str, ...]
     description: str
     method_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # e.g. tuned lr per method
+    #: Where ``method_overrides`` come from (recorded as each such setting's source).
+    method_overrides_source: str = "the tier's own choice"
     off_by_default: dict[str, str] = field(default_factory=dict)  # metric -> why this tier skips it
     #: Forget sets run one per cell (CIFAR-10: train indices 10000-10009; SD: prompt ids); None: one fixed set.
     forget_sets: tuple[str, ...] | None = None
@@ -95,9 +97,13 @@ class Task:
         raise NotImplementedError
 
     def tier(self, name: str) -> Tier:
+        """The tier called ``name``; an unknown name is a ``UsageError`` suggesting the closest tier."""
+        from unlearnbench.validate import UsageError, did_you_mean
+
         tiers = self.tiers()
         if name not in tiers:
-            raise ValueError(f"task {self.name!r} has no tier {name!r}; tiers: {', '.join(tiers)}")
+            raise UsageError(f"task {self.name!r} has no tier {name!r}; {did_you_mean(name, tiers)}"
+                             f"tiers: {', '.join(tiers)}")
         return tiers[name]
 
     def forget_sets(self, tier: Tier, data_root: Path | None) -> tuple[str | None, ...]:

@@ -19,12 +19,14 @@ import torch
 from PIL import Image, ImageDraw
 from torch import Tensor
 
+from unlearnbench.imagesets import open_image
 from unlearnbench.io import read_idx
 from unlearnbench.loop import LoopConfig
 from unlearnbench.metrics import TSHIRT_L2_THRESHOLD, EvalContext, MetricValue, sample_copy_rate, tshirt_distance
 from unlearnbench.registry import TASKS
 from unlearnbench.sampling import SamplerConfig
 from unlearnbench.task import ClassifierRecipe, DataMissingError, Task, TaskData, Tier, TrainRecipe
+from unlearnbench.validate import DataFileError
 
 DUPLICATION = 0.01  # the T-shirt is 1% of the training set (606 / 60,606 in the paper)
 TSHIRT_PNG = "tshirt_train_index1.png"
@@ -96,7 +98,10 @@ def load_fashion_tshirt(root: Path) -> tuple[np.ndarray, str]:
     """Fashion-MNIST train image 1, from a PNG or the Fashion-MNIST train IDX file."""
     png = _find(root, [TSHIRT_PNG]) or next(iter(sorted(root.glob(f"**/{TSHIRT_PNG}"))), None)
     if png is not None:
-        return np.array(Image.open(png).convert("L"), dtype=np.uint8), str(png)
+        pixels = np.array(open_image(png, "L"), dtype=np.uint8)
+        if pixels.shape != (28, 28):
+            raise DataFileError(f"{png} is {pixels.shape[1]}x{pixels.shape[0]}, expected 28x28 (Fashion-MNIST)")
+        return pixels, str(png)
     for name in ("train-images-idx3-ubyte", "train-images-idx3-ubyte.gz"):
         idx = root / "FashionMNIST" / "raw" / name
         if idx.exists():
@@ -191,6 +196,7 @@ class MnistTShirt(Task):
                 classifier=ClassifierRecipe(arch="small_cnn", epochs=8),
                 seeds=(0,), metrics=common_metrics, off_by_default=fid_note,
                 method_overrides=tuned_overrides(self.name, "quick"),
+                method_overrides_source=f"tuned: datasets/assets/{self.name}/quick/tuning.json",
                 description="CPU minutes: a 0.64M-parameter UNet trained to convergence, the published unlearning "
                             "loop (50 steps) at batch 64 with per-method learning rates chosen by one rule "
                             "(docs/calibration.md), 1,024 samples by 25-step DDIM",
