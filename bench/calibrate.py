@@ -8,6 +8,7 @@ Writes ``results/calibration/<task>-<tier>.json`` and a figure next to it.
 from __future__ import annotations
 
 import argparse
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from unlearnbench.artifacts import Artifacts  # noqa: E402
+from unlearnbench.artifacts import BASE, Artifacts  # noqa: E402
 from unlearnbench.diffusion import load_unet  # noqa: E402
 from unlearnbench.io import atomic_write_json  # noqa: E402
 from unlearnbench.metrics import EvalContext  # noqa: E402
@@ -31,8 +32,8 @@ def base_curve(task_name: str, tier_name: str, device_name: str, progress: bool)
     task = TASKS.get(task_name)
     tier = task.tier(tier_name)
     bench = Benchmark(RunOptions(task=task_name, tier=tier_name, device=device_name, progress=progress))
-    artifacts = Artifacts(task, tier)
-    root = Path(artifacts.base_model()[1]["location"])
+    bench.ensure_prepared()  # the base model and the classifier the curve scores with
+    root = Artifacts(task, tier).folder(BASE)
     checkpoints = sorted((root / "checkpoints").glob("step-*"), key=lambda p: int(re.sub(r"\D", "", p.name)))
     out = []
     for ckpt in checkpoints:
@@ -63,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--eval-every", type=int, default=10)
     p.add_argument("--out", type=Path, default=Path("results") / "calibration")
-    p.add_argument("--skip-base", action="store_true")
+    p.add_argument("--skip-base", action="store_true",
+                   help="do not recompute the base-checkpoint curve (the one already in the output file is kept)")
     args = p.parse_args(argv)
     from unlearnbench.registry import load_all
 
@@ -73,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = {"task": args.task, "tier": args.tier}
     if not args.skip_base:
         result["base_checkpoints"] = base_curve(args.task, args.tier, args.device, False)
+    elif path.exists():  # the base curve needs the training checkpoints, which are not shipped: keep it
+        result["base_checkpoints"] = json.loads(path.read_text()).get("base_checkpoints", [])
     result["unlearning"] = unlearning_curves(args.task, args.tier, args.device, args.eval_every, False,
                                              args.out / f"{name}-runs")
     atomic_write_json(path, result)

@@ -1,9 +1,11 @@
 """Plan and run the cells of a benchmark: resolve configs, unlearn, sample, score, record."""
 from __future__ import annotations
 
-import ast
+import contextlib
 import copy
 import dataclasses
+import errno
+import os
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -14,33 +16,32 @@ import torch
 from torchvision.utils import save_image
 
 from unlearnbench.artifacts import RETRAIN, Artifacts, prepare
+from unlearnbench.errors import EnvironmentFailure
 from unlearnbench.paths import cache_dir
-from unlearnbench.io import atomic_write_json, atomic_write_text
-from unlearnbench.loop import LoopConfig
+from unlearnbench.io import atomic_write_json, file_lock, remove_orphan_temporaries
+from unlearnbench.loop import DivergenceError, LoopConfig, assert_finite_weights
 from unlearnbench.method import UnlearnJob
 from unlearnbench.metrics import EvalContext, MetricValue
 from unlearnbench.registry import METHODS, METRICS, TASKS, load_all
 from unlearnbench.results import (
-    SCHEMA_VERSION, config_hash, device_info, git_commit, record_name, software_versions,
+    SCHEMA_VERSION, BadRecordError, config_hash, device_info, git_commit, read_record, record_name, software_versions,
 )
 from unlearnbench.sampling import SamplerConfig
 from unlearnbench.task import Task, TaskData, Tier
+from unlearnbench.validate import DataFileError, UsageError, validate_hparams, validate_loop, validate_sampler
 
 
 def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
-    """``["retrack.k=5", "loop.lr=1e-4"]`` -> ``{"retrack": {"k": 5}, "loop": {"lr": 1e-4}}``."""
+    """``["retrack.k=5", "loop.lr=1e-4"]`` -> ``{"retrack": {"k": 5}, "loop": {"lr": 1e-4}}``.
+
+    Scopes, names and value types are checked here (``UsageError``, with did-you-mean), so a typo
+    fails before any work; value ranges are checked on the resolved settings (``unlearnbench.validate``).
+    """
+    from unlearnbench.validate import parse_setting
+
     out: dict[str, dict[str, Any]] = {}
     for item in items:
-        key, sep, raw = item.partition("=")
-        scope, dot, name = key.partition(".")
-        if not sep or not dot or not name:
-            raise ValueError(f"bad --set {item!r}: use SCOPE.NAME=VALUE, e.g. retrack.k=5 or loop.lr=1e-4")
-        try:
-            value = ast.literal_eval(raw)
-        except (ValueError, SyntaxError):
-            value = raw
-        if scope not in ("loop", "sampler"):
-            scope = METHODS.canonical(scope)
+        scope, name, value = parse_setting(item)
         out.setdefault(scope, {})[name] = value
     return out
 
@@ -70,9 +71,38 @@ class RunOptions:
 
 
 def resolve_device(name: str) -> torch.device:
+    """The device ``--device`` names (``auto``: CUDA if present); one that is unknown or absent here is a
+    ``UsageError`` listing the devices this machine has."""
+    from unlearnbench.validate import UsageError, did_you_mean
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    available = _available_devices()
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise UsageError(f"--device {name!r} is not a device; {did_you_mean(name, available)}"
+                         f"available here: {', '.join(available)}") from None
+    if device.type == "cpu":
+        return device
+    if device.type == "cuda" and torch.cuda.is_available() and (device.index or 0) >= torch.cuda.device_count():
+        raise UsageError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA GPU(s); "
+                         f"available here: {', '.join(available)}")
+    backend = getattr(torch.backends, device.type, None) if device.type == "mps" else getattr(torch, device.type, None)
+    if not (backend is not None and hasattr(backend, "is_available") and backend.is_available()):
+        raise UsageError(f"--device {name}: no {device.type} device on this machine; available here: "
+                         f"{', '.join(available)}")
+    return device
+
+
+def _available_devices() -> list[str]:
+    """What ``--device`` may name on this machine."""
+    names = ["auto", "cpu"]
+    if torch.cuda.is_available():
+        names += ["cuda", *(f"cuda:{i}" for i in range(torch.cuda.device_count()))]
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        names.append("mps")
+    return names
 
 
 def _with(dc: Any, updates: dict[str, Any], what: str) -> Any:
@@ -92,6 +122,59 @@ class CellPlan:
     loop: LoopConfig
     hparams: Any
     path: Path
+    sources: dict[str, str] = field(default_factory=dict)  # setting -> where its value came from
+
+
+@dataclass
+class Settings:
+    """A method's resolved loop and hyper-parameters, and where each value came from."""
+
+    loop: LoopConfig
+    hparams: Any
+    sources: dict[str, str]  # "loop.lr" / "hparams.k" -> "default" | "published (...)" | "tier ..." | "user (--set ...)"
+    tier_overrides: dict[str, Any]
+    user: dict[str, Any]  # the --set values that apply to this method, by their --set key
+
+
+def resolve_settings(method: Any, tier: Tier, protocol: str, overrides: dict[str, dict[str, Any]]) -> Settings:
+    """One precedence for every setting: defaults < published < tier (its loop and tuned choices) < user.
+
+    Within the user's ``--set``, ``METHOD.NAME`` beats ``loop.NAME`` (the more specific wins). Loop
+    fields are ``LoopConfig``'s; every other name is the method's hyper-parameter.
+    """
+    loop_fields = {f.name for f in dataclasses.fields(LoopConfig)}
+    hp_fields = {f.name for f in dataclasses.fields(method.Hparams)}
+    name = method.name
+    tier_label = f"tier {tier.name} ({tier.method_overrides_source})"
+    sources: dict[str, str] = {f"loop.{k}": f"tier {tier.name}" for k in loop_fields}
+    for f in dataclasses.fields(method.Hparams):
+        if f.default is not dataclasses.MISSING:
+            sources[f"hparams.{f.name}"] = "default"
+    published = method.published.get(protocol, {})
+    sources.update({f"hparams.{k}": f"published ({protocol})" for k in published})
+    layers = [(dict(tier.method_overrides.get(name, {})), lambda k: tier_label),
+              (dict(overrides.get("loop", {})), lambda k: f"user (--set loop.{k})"),
+              (dict(overrides.get(name, {})), lambda k: f"user (--set {name}.{k})")]
+    loop_updates: dict[str, Any] = {}
+    hp_updates: dict[str, Any] = {}
+    for i, (values, label) in enumerate(layers):
+        for key, value in values.items():
+            if key in loop_fields:
+                loop_updates[key] = value
+                sources[f"loop.{key}"] = label(key)
+            elif i == 1:  # loop.X must name a loop field
+                _with(tier.unlearning, {key: value}, "loop")
+            else:
+                hp_updates[key] = value
+                sources[f"hparams.{key}"] = label(key)
+    loop = _with(tier.unlearning, loop_updates, "loop")
+    hparams = method.hparams(protocol, hp_updates)
+    if not method.finetunes:
+        sources = {k: v for k, v in sources.items() if not k.startswith("loop.")}
+    user = {f"loop.{k}": v for k, v in overrides.get("loop", {}).items()} if method.finetunes else {}
+    user.update({f"{name}.{k}": v for k, v in overrides.get(name, {}).items()})
+    return Settings(loop, hparams, {k: sources[k] for k in sorted(sources) if k.split(".", 1)[1] in loop_fields | hp_fields},
+                    dict(tier.method_overrides.get(name, {})), user)
 
 
 class Benchmark:
@@ -107,6 +190,7 @@ class Benchmark:
         self.methods = self._resolve_methods(opts.methods)
         self.seeds = list(opts.seeds if opts.seeds is not None else self.tier.seeds)
         self.sampler: SamplerConfig = _with(self.tier.sampler, opts.overrides.get("sampler", {}), "sampler")
+        validate_sampler(self.sampler)
         self.metric_names = [METRICS.canonical(m) for m in (opts.metrics or self._default_metrics())]
         if opts.eval_every and "deletion_step" not in self.metric_names:
             self.metric_names.append("deletion_step")
@@ -116,6 +200,7 @@ class Benchmark:
         self.artifacts = self.artifacts_for(None)
         self._data: dict[str | None, TaskData] = {}
         self._base: tuple[Any, dict[str, Any]] | None = None
+        self._base_id: dict[str, Any] | None = None
 
     def _resolve_methods(self, asked: list[str] | None) -> list[str]:
         """Canonical method names; a method the task cannot run is an error when asked for, skipped otherwise."""
@@ -153,14 +238,10 @@ class Benchmark:
         plans = []
         for method_name in self.methods:
             method = METHODS.get(method_name)
-            tuned = dict(self.tier.method_overrides.get(method_name, {}))
-            user = dict(self.opts.overrides.get(method_name, {}))
-            loop_fields = {f.name for f in dataclasses.fields(LoopConfig)}
-            loop_updates = {**self.opts.overrides.get("loop", {}),
-                            **{k: v for k, v in {**tuned, **user}.items() if k in loop_fields}}
-            hp_updates = {k: v for k, v in {**tuned, **user}.items() if k not in loop_fields}
-            loop = _with(self.tier.unlearning, loop_updates, "loop")
-            hparams = method.hparams(self.task.protocol, hp_updates)
+            settings = resolve_settings(method, self.tier, self.task.protocol, self.opts.overrides)
+            if method.finetunes:
+                validate_loop(settings.loop)
+            validate_hparams(method_name, settings.hparams, None)
             for forget_set, seed in ((f, s) for f in self.forget_sets for s in self.seeds):
                 cell = {"task": self.task_name, "tier": self.tier.name, "method": method_name, "seed": seed}
                 if forget_set is not None:
@@ -169,9 +250,9 @@ class Benchmark:
                     "task": self.task_name, "task_version": self.task.version, "protocol": self.task.protocol,
                     "data_source": self.task.source if hasattr(self.task, "source") else None,
                     "tier": self.tier.name, "method": method_name, "method_version": method.version,
-                    "hparams": dataclasses.asdict(hparams),
-                    "loop": dataclasses.asdict(loop) if method.finetunes else None,
-                    "tuned_overrides": tuned, "user_overrides": user,
+                    "hparams": dataclasses.asdict(settings.hparams),
+                    "loop": dataclasses.asdict(settings.loop) if method.finetunes else None,
+                    "tuned_overrides": settings.tier_overrides, "user_overrides": settings.user,
                     "seed": seed, "sampler": dataclasses.asdict(self.sampler),
                     "metrics": {m: METRICS.get(m).version for m in self.metric_names},
                     "eval_every": self.opts.eval_every, "base_model": base_id,
@@ -179,16 +260,27 @@ class Benchmark:
                     **({"tier_eval": self.tier.eval} if self.tier.eval else {}),
                 }
                 digest = config_hash(config)
-                plans.append(CellPlan(cell, config, digest, loop, hparams,
-                                      self.out / "records" / record_name(cell, digest)))
+                plans.append(CellPlan(cell, config, digest, settings.loop, settings.hparams,
+                                      self.out / "records" / record_name(cell, digest), settings.sources))
         return plans
 
-    def _base_identity(self) -> str:
-        if self.opts.base_model:
-            return f"{self.opts.base_model}:{self.opts.base_subfolder or ''}"
-        if self.tier.base_model:
-            return f"{self.tier.base_model}:{self.tier.base_subfolder or ''}"
-        return f"prepared:{self.task_name}/{self.tier.name}"
+    def _base_identity(self) -> dict[str, Any]:
+        """The base model's identity in every cell's config: its content, not its path."""
+        from unlearnbench.artifacts import BASE, model_identity
+
+        if self._base_id is None:
+            source = self.opts.base_model or self.tier.base_model
+            if source:
+                subfolder = self.opts.base_subfolder if self.opts.base_model else self.tier.base_subfolder
+                given = "--base-model" if self.opts.base_model else f"tier {self.tier.name}"
+                self._base_id = {"given_by": given, "name": Path(str(source)).name if Path(str(source)).exists()
+                                 else str(source), **model_identity(str(source), subfolder, self.task.loads_own_base)}
+            else:
+                identity = self.artifacts.identity(BASE)
+                if identity["sha256"] == "not prepared yet":  # a dry run's plan: not kept, run() prepares it
+                    return identity
+                self._base_id = identity
+        return self._base_id
 
     def needed_artifacts(self) -> tuple[str, ...]:
         """Prepared artefacts this run uses: the oracle only if retrain runs, the classifier only if scored."""
@@ -215,22 +307,79 @@ class Benchmark:
                         progress=self.opts.progress, log=self.log, data_root=self.opts.data_root)
 
     def run(self) -> list[dict[str, Any]]:
-        """Run every missing cell; return all records of this plan (finished ones reused)."""
-        plans = self.plan()
-        remove_stale_temporaries(self.out / "records")
-        todo = [p for p in plans if self._needs_run(p)]
-        self.log(f"{self.task_name}/{self.tier.name}: {len(plans)} cells, {len(plans) - len(todo)} already done, "
-                 f"results in {self.out}")
-        if todo:
-            self.ensure_prepared()  # shared work happens once, before any fan-out
-            if self.opts.executor == "local" and not self.opts.executor_options:
-                for plan in todo:
-                    self.execute(plan)
-            else:
-                from unlearnbench.executors import get_executor
+        """Run every missing cell; return all records of this plan (finished ones reused).
 
-                get_executor(self.opts.executor, **self.opts.executor_options).run(self.opts, [p.digest for p in todo])
-        return [_read(p.path) for p in plans]
+        Each cell is claimed with a lock before it runs, so runners sharing a results folder
+        compute it once: a cell another runner holds is waited for at the end and then reused.
+        """
+        records = self.out / "records"
+        self._check_data()
+        self._prepare_base()  # the base model's content is part of every cell's identity
+        plans = self.plan()
+        for tmp in remove_orphan_temporaries(records):
+            self.log(f"removed {tmp.name}, left by a writer that was killed mid-write")
+        with contextlib.ExitStack() as held:
+            todo, busy = [], []
+            for plan in plans:
+                if not self._needs_run(plan):
+                    continue
+                if not held.enter_context(file_lock(self._claim_file(plan), wait=False)):
+                    busy.append(plan)
+                elif self._needs_run(plan):  # not finished by another runner since the first look
+                    todo.append(plan)
+            self.log(f"{self.task_name}/{self.tier.name}: {len(plans)} cells, "
+                     f"{len(plans) - len(todo) - len(busy)} already done"
+                     + (f", {len(busy)} being computed by another runner" if busy else "")
+                     + f", results in {self.out}")
+            self._dispatch(todo)
+            if busy:
+                self.log(f"waiting for {len(busy)} cell(s) another runner on {self.out} is computing ...")
+            for plan in busy:
+                with file_lock(self._claim_file(plan), wait=True):
+                    if self._needs_run(plan):  # the other runner stopped before finishing it
+                        self._dispatch([plan])
+        return [read_record(p.path) for p in plans]
+
+    def _check_data(self) -> None:
+        """Before any training: load the data this process uses (a local run), so a corrupt file or a
+        ReTrack k above the retain-set size is a usage error, not a failed cell. Data that needs the
+        base model (Stable Diffusion) and data of remote workers load in their cells."""
+        if self.opts.executor != "local" or self.opts.executor_options or self.task.loads_own_base:
+            return
+        try:
+            retain_size = len(self.data.retain)
+        except (UsageError, FileNotFoundError):
+            raise
+        except ValueError as err:
+            raise UsageError(str(err)) from err
+        for name in self.methods:
+            settings = resolve_settings(METHODS.get(name), self.tier, self.task.protocol, self.opts.overrides)
+            validate_hparams(name, settings.hparams, retain_size)
+
+    def _prepare_base(self) -> None:
+        from unlearnbench.artifacts import BASE
+
+        if BASE in self.needed_artifacts() and self.artifacts.missing((BASE,)):
+            self._base_id = None
+            self.log(f"preparing base for {self.task_name}/{self.tier.name} "
+                     f"(cached in {cache_dir(self.task_name, self.tier.name)}) ...")
+            prepare(self.task, self.tier, self.data, self.device, only=(BASE,), progress=self.opts.progress,
+                    log=self.log, data_root=self.opts.data_root)
+
+    def _dispatch(self, todo: list[CellPlan]) -> None:
+        if not todo:
+            return
+        self.ensure_prepared()  # shared work happens once, before any fan-out
+        if self.opts.executor == "local" and not self.opts.executor_options:
+            for plan in todo:
+                self.execute(plan)
+        else:
+            from unlearnbench.executors import get_executor
+
+            get_executor(self.opts.executor, **self.opts.executor_options).run(self.opts, [p.digest for p in todo])
+
+    def _claim_file(self, plan: CellPlan) -> Path:
+        return self.out / ".claims" / f"{plan.digest[:24]}.lock"
 
     def base_model(self) -> tuple[Any, dict[str, Any]]:
         """The model every cell unlearns (loaded once per process): the task's own loader or a diffusers UNet."""
@@ -251,9 +400,19 @@ class Benchmark:
         self.execute(plan)
 
     def _needs_run(self, plan: CellPlan) -> bool:
+        """Whether the cell must run: no record, ``--overwrite``, a failed record with ``--retry-failed``,
+        or a record that cannot be read (moved to ``<out>/quarantine/`` with a message, then redone)."""
         if self.opts.overwrite or not plan.path.exists():
             return True
-        return self.opts.retry_failed and _read(plan.path).get("status") != "ok"
+        try:
+            record = read_record(plan.path)
+        except FileNotFoundError:
+            return True
+        except BadRecordError as err:
+            moved = quarantine(plan.path, self.out / "quarantine")
+            self.log(f"record {plan.path.name} is unusable ({err.reason}); moved to {moved}, the cell runs again")
+            return True
+        return self.opts.retry_failed and record.get("status") != "ok"
 
     def run_cell(self, plan: CellPlan, base: Any, base_info: dict[str, Any]) -> dict[str, Any]:
         method = METHODS.get(plan.cell["method"])()
@@ -266,6 +425,7 @@ class Benchmark:
             "data_source": data.source, "base_model": base_info, "software": software_versions(),
             "git_commit": git_commit(), "device": device_info(self.device),
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "settings_sources": plan.sources,
         }
         try:
             self.task.check_model(base, data)
@@ -283,7 +443,9 @@ class Benchmark:
             result = method.unlearn(job)
             started = time.perf_counter()
             model = result.model.to(self.device)
+            assert_finite_weights(model, f"after {plan.cell['method']}")
             sets = self.task.generate(model, self.sampler, plan.cell["seed"], self.device, data, self.opts.progress)
+            assert_finite_samples(sets)
             samples = sets["samples"]
             grid = self.out / "samples" / plan.path.name.replace(".json", ".png")
             grid.parent.mkdir(parents=True, exist_ok=True)
@@ -300,6 +462,12 @@ class Benchmark:
                 "notes": result.notes,
             })
         except Exception as err:  # one broken cell must not stop the grid; the record keeps why
+            if isinstance(err, DataFileError):  # bad input, not the method's failure: say so, record nothing
+                raise
+            if is_environment_error(err):  # the machine's fault, not the cell's: record nothing, stop
+                raise EnvironmentFailure(f"cell {plan.cell['method']} seed {plan.cell['seed']} stopped by the "
+                                         f"environment, not recorded (rerun to resume): {type(err).__name__}: {err}"
+                                         ) from err
             record.update({"status": "failed", "error": f"{type(err).__name__}: {err}",
                            "traceback": traceback.format_exc()})
             self.log(f"  failed: {err}")
@@ -335,19 +503,47 @@ class Benchmark:
             if step % self.opts.eval_every:
                 return None
             sets = self.task.generate(model, eval_sampler, seed, self.device, data, False)
+            assert_finite_samples(sets)
             ctx = self.eval_context(sets, data, model, seed)
-            return {"forget_rate": METRICS.get("forget_rate").compute(ctx).value, "n_samples": len(samples)}
+            return {"forget_rate": METRICS.get("forget_rate").compute(ctx).value, "n_samples": len(sets["samples"])}
 
         return evaluate
 
 
+def assert_finite_samples(sets: dict[str, torch.Tensor]) -> None:
+    """A model that generates NaN or inf is destroyed, not forgetful: fail the cell and say so."""
+    for name, images in sets.items():
+        if torch.is_tensor(images) and images.is_floating_point():
+            bad = int((~torch.isfinite(images)).flatten(1).any(dim=1).sum())
+            if bad:
+                raise DivergenceError(f"{bad} of {len(images)} generated images in {name!r} hold NaN or inf values")
+
+
+#: errnos of a machine in trouble rather than a cell's own failure
+ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.ENOMEM, errno.EACCES, errno.EPERM,
+                      errno.ESTALE, errno.ENODEV, errno.ENXIO}
+CUDA_ENVIRONMENT = ("no CUDA GPUs are available", "CUDA driver", "CUDA error: unspecified launch failure",
+                    "device-side assert", "CUDA-capable device", "ECC error", "CUDA error: an illegal memory access")
+
+
+def is_environment_error(err: BaseException) -> bool:
+    """Disk, filesystem, device and out-of-memory errors of the GPU: rerunning on a healthy machine may
+    succeed, so such an error must not become the cell's recorded outcome (divergence and bad settings do)."""
+    if isinstance(err, OSError) and err.errno in ENVIRONMENT_ERRNOS:
+        return True
+    if type(err).__name__ == "OutOfMemoryError":  # torch.cuda.OutOfMemoryError: a busy or smaller GPU
+        return True
+    return isinstance(err, RuntimeError) and any(text in str(err) for text in CUDA_ENVIRONMENT)
+
+
+def quarantine(path: Path, folder: Path) -> Path:
+    """Move an unusable record into ``folder`` (kept for inspection, never read as a result)."""
+    target = folder / f"{path.name}.{time.strftime('%Y%m%dT%H%M%S')}"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(path, target)
+    return target
+
+
 def remove_stale_temporaries(folder: Path) -> None:
-    """Delete temporary files left by a run killed in the middle of an atomic write."""
-    for tmp in folder.glob(".*.tmp") if folder.exists() else []:
-        tmp.unlink(missing_ok=True)
-
-
-def _read(path: Path) -> dict[str, Any]:
-    import json
-
-    return json.loads(path.read_text())
+    """Delete temporary files whose writer is gone (a live runner's in-flight writes are kept)."""
+    remove_orphan_temporaries(folder)

@@ -22,6 +22,10 @@ def tuned_overrides(task: str, tier: str) -> dict[str, dict[str, Any]]:
     path = tuning_file(task, tier)
     if not path.exists():
         return {}
+    if (path.parent / "manifest.json").exists():  # shipped: checked like every other shipped file
+        from unlearnbench.artifacts import verify_file
+
+        verify_file(path.parent, path.name)
     record = json.loads(path.read_text())
     return {method: dict(choice["chosen"]) for method, choice in record["methods"].items()}
 
@@ -77,5 +81,10 @@ def run_tuning(args: Any) -> int:
         print(f"{method}: chose lr {best['lr']} ({best})")
     out = Path(args.out) if args.out else tuning_file(task_name, tier.name)
     atomic_write_json(out, record)
+    if out.resolve() == tuning_file(task_name, tier.name).resolve() and (out.parent / "manifest.json").exists():
+        from unlearnbench.artifacts import write_manifest
+
+        manifest = json.loads((out.parent / "manifest.json").read_text())
+        write_manifest(out.parent, manifest.get("command") or f"python run_bench.py prepare --task {task_name}")
     print(f"tuning record written to {out}")
     return 0
