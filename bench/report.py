@@ -91,6 +91,16 @@ class Group:
         return f"{self.task} / tier {self.tier}"
 
 
+def _base_line(identity: Any, info: dict[str, Any]) -> str:
+    """The base model as a reader wants it: where it came from, the sha256 of its weights and of all its files."""
+    weights = f"weights sha256 {str(info.get('sha256'))[:12]}"
+    if not isinstance(identity, dict):  # records of schema-1 suites before content identities
+        return f"{identity} ({weights})"
+    where = identity.get("source") or identity.get("hub_id") or identity.get("name") or "given"
+    content = identity.get("sha256") or identity.get("revision")
+    return f"{where} ({weights}; content {str(content)[:12]})"
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", text)
 
@@ -260,8 +270,7 @@ def _header(task: str, ok: list[tuple[dict[str, Any], Path | None]], rows: list[
                      for s in src)
     sampler = _distinct(f"{c['sampler'].get('kind')}, {c['sampler'].get('steps')} steps, "
                         f"{c['sampler'].get('num_samples')} samples" for c in cfgs if c.get("sampler"))
-    base = _distinct(f"{c.get('base_model')} (sha256 {str((r.get('base_model') or {}).get('sha256'))[:12]})"
-                     for c, r in zip(cfgs, recs))
+    base = _distinct(_base_line(c.get("base_model"), r.get("base_model") or {}) for c, r in zip(cfgs, recs))
     methods = []
     for row in rows:
         cfg = row.ok[0][0].get("config") or {}
