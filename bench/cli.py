@@ -273,19 +273,20 @@ def print_plan(bench: "Benchmark", estimate: bool = True) -> None:  # noqa: F821
     print(f"sampler: {dataclasses.asdict(bench.sampler)}; metrics: {', '.join(bench.metric_names)}")
     if tier.eval:
         print(f"evaluation: {tier.eval}")
-    rows, seen = [], set()
+    first_cells: dict[str, "CellPlan"] = {}  # noqa: F821  (one cell per method shows its settings)
     for plan in bench.plan():
+        first_cells.setdefault(plan.cell["method"], plan)
+    per_method = list(first_cells.values())
+    rows = []
+    for plan in per_method:
         method = plan.cell["method"]
-        if method in seen:
-            continue
-        seen.add(method)
         loop = plan.config["loop"] or {}
         rows.append([method, loop.get("steps", "-"), f"{loop.get('batch_size', '-')} x {loop.get('grad_accum', '-')}",
                      loop.get("lr", "-"), loop.get("betas", "-"), loop.get("weight_decay", "-"),
                      loop.get("precision", "-"),
                      ", ".join(f"{k}={v}" for k, v in plan.config["hparams"].items()) or "-"])
     print(tabulate(rows, headers=["method", "steps", "batch x accum", "lr", "betas", "wd", "precision", "hparams"]))
-    print_sources(bench)
+    print_sources(bench, per_method)
     forget = [f for f in bench.forget_sets if f is not None]
     runs = max(1, len(forget)) * len(bench.seeds)
     print(f"seeds: {', '.join(map(str, bench.seeds))}"
@@ -305,22 +306,17 @@ def print_plan(bench: "Benchmark", estimate: bool = True) -> None:  # noqa: F821
             print(f"  {note}")
 
 
-def print_sources(bench: "Benchmark") -> None:  # noqa: F821
+def print_sources(bench: "Benchmark", plans: list["CellPlan"]) -> None:  # noqa: F821
     """Where each method's settings come from, where that is not simply the tier (precedence:
-    defaults < published < tier/tuned < user)."""
-    seen: set[str] = set()
+    defaults < published < tier/tuned < user); ``plans``: one cell per method."""
     lines = []
-    for plan in bench.plan():
-        method = plan.cell["method"]
-        if method in seen:
-            continue
-        seen.add(method)
+    for plan in plans:
         values = {**{f"loop.{k}": v for k, v in (plan.config["loop"] or {}).items()},
                   **{f"hparams.{k}": v for k, v in plan.config["hparams"].items()}}
         notable = [f"{key}={values.get(key)} from {src}" for key, src in plan.sources.items()
-                   if not src.startswith(f"tier {bench.tier.name}") or "(" in src]
+                   if src != f"tier {bench.tier.name}"]
         if notable:
-            lines.append(f"  {method}: " + "; ".join(notable))
+            lines.append(f"  {plan.cell['method']}: " + "; ".join(notable))
     print("settings not taken from the tier as is (defaults < published < tier/tuned < user):")
     print("\n".join(lines) if lines else "  none")
 

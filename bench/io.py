@@ -11,6 +11,7 @@ import os
 import socket
 import tempfile
 import time
+import warnings
 import zlib
 from pathlib import Path
 from typing import Any, Iterator
@@ -111,6 +112,13 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def discard_bad_cache(path: Path, what: str, err: Exception) -> None:
+    """A cache file failed its checks: name it in a warning and delete it (the caller recomputes it)."""
+    warnings.warn(f"{what} {path} is unusable ({type(err).__name__}: {err}); deleted, recomputing",
+                  RuntimeWarning, stacklevel=3)
+    Path(path).unlink(missing_ok=True)
 
 
 STALE_AFTER_SECONDS = 24 * 3600  # a temporary of another machine is an orphan only after a day

@@ -12,7 +12,6 @@ import io
 import json
 import os
 import socket
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -21,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from unlearnbench.io import atomic_write_bytes, sha256_file
+from unlearnbench.io import atomic_write_bytes, discard_bad_cache, sha256_file
 from unlearnbench.registry import METRICS
 
 
@@ -305,9 +304,7 @@ def load_statistics(path: Path, header: dict[str, Any], like: dict[str, Any]) ->
         if mu.dtype != like["mu"].dtype or sigma.dtype != like["sigma"].dtype:
             raise ValueError(f"dtypes {mu.dtype}/{sigma.dtype}, expected {like['mu'].dtype}/{like['sigma'].dtype}")
     except Exception as err:  # any unreadable or foreign file: a cache is repaired, never trusted
-        warnings.warn(f"metric cache {path} is unusable ({type(err).__name__}: {err}); deleted, recomputing",
-                      RuntimeWarning, stacklevel=2)
-        path.unlink(missing_ok=True)
+        discard_bad_cache(path, "metric cache", err)
         return None
     return {"mu": mu, "sigma": sigma}
 

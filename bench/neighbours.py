@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import warnings
 from pathlib import Path
 
 import faiss
@@ -15,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from unlearnbench.io import atomic_write_bytes
+from unlearnbench.io import atomic_write_bytes, discard_bad_cache
 
 
 def unique_rows(x: Tensor) -> tuple[Tensor, Tensor]:
@@ -126,9 +125,7 @@ def _load_knn(path: Path, rows: int, k: int, n_database: int) -> tuple[Tensor, T
         if index.size and (index.min() < 0 or index.max() >= n_database):
             raise ValueError(f"indices outside the retain set of {n_database}")
     except Exception as err:  # any unreadable or foreign file: a cache is repaired, never trusted
-        warnings.warn(f"kNN cache {path} is unusable ({type(err).__name__}: {err}); deleted, recomputing",
-                      RuntimeWarning, stacklevel=3)
-        path.unlink(missing_ok=True)
+        discard_bad_cache(path, "kNN cache", err)
         return None
     return torch.from_numpy(dist), torch.from_numpy(index.astype(np.int64))
 

@@ -143,38 +143,31 @@ def resolve_settings(method: Any, tier: Tier, protocol: str, overrides: dict[str
     fields are ``LoopConfig``'s; every other name is the method's hyper-parameter.
     """
     loop_fields = {f.name for f in dataclasses.fields(LoopConfig)}
-    hp_fields = {f.name for f in dataclasses.fields(method.Hparams)}
     name = method.name
-    tier_label = f"tier {tier.name} ({tier.method_overrides_source})"
-    sources: dict[str, str] = {f"loop.{k}": f"tier {tier.name}" for k in loop_fields}
-    for f in dataclasses.fields(method.Hparams):
-        if f.default is not dataclasses.MISSING:
-            sources[f"hparams.{f.name}"] = "default"
-    published = method.published.get(protocol, {})
-    sources.update({f"hparams.{k}": f"published ({protocol})" for k in published})
-    layers = [(dict(tier.method_overrides.get(name, {})), lambda k: tier_label),
-              (dict(overrides.get("loop", {})), lambda k: f"user (--set loop.{k})"),
-              (dict(overrides.get(name, {})), lambda k: f"user (--set {name}.{k})")]
-    loop_updates: dict[str, Any] = {}
-    hp_updates: dict[str, Any] = {}
-    for i, (values, label) in enumerate(layers):
+    _with(tier.unlearning, overrides.get("loop", {}), "loop")  # loop.NAME must name a loop setting
+    sources = {f"hparams.{f.name}": "default" for f in dataclasses.fields(method.Hparams)
+               if f.default is not dataclasses.MISSING}
+    sources.update({f"hparams.{k}": f"published ({protocol})" for k in method.published.get(protocol, {})})
+    sources.update({f"loop.{k}": f"tier {tier.name}" for k in loop_fields})
+    layers = [  # (values, where they come from), later layers win
+        (tier.method_overrides.get(name, {}), f"tier {tier.name} ({tier.method_overrides_source})"),
+        (overrides.get("loop", {}), "user (--set loop.KEY)"),
+        (overrides.get(name, {}), f"user (--set {name}.KEY)"),
+    ]
+    updates: dict[str, dict[str, Any]] = {"loop": {}, "hparams": {}}
+    for values, origin in layers:
         for key, value in values.items():
-            if key in loop_fields:
-                loop_updates[key] = value
-                sources[f"loop.{key}"] = label(key)
-            elif i == 1:  # loop.X must name a loop field
-                _with(tier.unlearning, {key: value}, "loop")
-            else:
-                hp_updates[key] = value
-                sources[f"hparams.{key}"] = label(key)
-    loop = _with(tier.unlearning, loop_updates, "loop")
-    hparams = method.hparams(protocol, hp_updates)
-    if not method.finetunes:
+            scope = "loop" if key in loop_fields else "hparams"
+            updates[scope][key] = value
+            sources[f"{scope}.{key}"] = origin.replace("KEY", key)
+    loop = _with(tier.unlearning, updates["loop"], "loop")
+    hparams = method.hparams(protocol, updates["hparams"])
+    user = {f"{name}.{k}": v for k, v in overrides.get(name, {}).items()}
+    if method.finetunes:
+        user = {**{f"loop.{k}": v for k, v in overrides.get("loop", {}).items()}, **user}
+    else:  # no loop: its settings neither apply nor count
         sources = {k: v for k, v in sources.items() if not k.startswith("loop.")}
-    user = {f"loop.{k}": v for k, v in overrides.get("loop", {}).items()} if method.finetunes else {}
-    user.update({f"{name}.{k}": v for k, v in overrides.get(name, {}).items()})
-    return Settings(loop, hparams, {k: sources[k] for k in sorted(sources) if k.split(".", 1)[1] in loop_fields | hp_fields},
-                    dict(tier.method_overrides.get(name, {})), user)
+    return Settings(loop, hparams, dict(sorted(sources.items())), dict(tier.method_overrides.get(name, {})), user)
 
 
 class Benchmark:
@@ -313,9 +306,11 @@ class Benchmark:
         compute it once: a cell another runner holds is waited for at the end and then reused.
         """
         records = self.out / "records"
-        self._check_data()
-        self._prepare_base()  # the base model's content is part of every cell's identity
         plans = self.plan()
+        if self._base_missing():  # its content is part of every cell's identity: prepare it, then plan again
+            self._check_data(plans)
+            self._prepare_base()
+            plans = self.plan()
         for tmp in remove_orphan_temporaries(records):
             self.log(f"removed {tmp.name}, left by a writer that was killed mid-write")
         with contextlib.ExitStack() as held:
@@ -327,6 +322,8 @@ class Benchmark:
                     busy.append(plan)
                 elif self._needs_run(plan):  # not finished by another runner since the first look
                     todo.append(plan)
+            if todo:
+                self._check_data(todo)
             self.log(f"{self.task_name}/{self.tier.name}: {len(plans)} cells, "
                      f"{len(plans) - len(todo) - len(busy)} already done"
                      + (f", {len(busy)} being computed by another runner" if busy else "")
@@ -340,7 +337,7 @@ class Benchmark:
                         self._dispatch([plan])
         return [read_record(p.path) for p in plans]
 
-    def _check_data(self) -> None:
+    def _check_data(self, plans: list[CellPlan]) -> None:
         """Before any training: load the data this process uses (a local run), so a corrupt file or a
         ReTrack k above the retain-set size is a usage error, not a failed cell. Data that needs the
         base model (Stable Diffusion) and data of remote workers load in their cells."""
@@ -352,19 +349,22 @@ class Benchmark:
             raise
         except ValueError as err:
             raise UsageError(str(err)) from err
-        for name in self.methods:
-            settings = resolve_settings(METHODS.get(name), self.tier, self.task.protocol, self.opts.overrides)
-            validate_hparams(name, settings.hparams, retain_size)
+        for plan in {p.cell["method"]: p for p in plans}.values():
+            validate_hparams(plan.cell["method"], plan.hparams, retain_size)
+
+    def _base_missing(self) -> bool:
+        from unlearnbench.artifacts import BASE
+
+        return BASE in self.needed_artifacts() and bool(self.artifacts.missing((BASE,)))
 
     def _prepare_base(self) -> None:
         from unlearnbench.artifacts import BASE
 
-        if BASE in self.needed_artifacts() and self.artifacts.missing((BASE,)):
-            self._base_id = None
-            self.log(f"preparing base for {self.task_name}/{self.tier.name} "
-                     f"(cached in {cache_dir(self.task_name, self.tier.name)}) ...")
-            prepare(self.task, self.tier, self.data, self.device, only=(BASE,), progress=self.opts.progress,
-                    log=self.log, data_root=self.opts.data_root)
+        self._base_id = None
+        self.log(f"preparing base for {self.task_name}/{self.tier.name} "
+                 f"(cached in {cache_dir(self.task_name, self.tier.name)}) ...")
+        prepare(self.task, self.tier, self.data, self.device, only=(BASE,), progress=self.opts.progress,
+                log=self.log, data_root=self.opts.data_root)
 
     def _dispatch(self, todo: list[CellPlan]) -> None:
         if not todo:

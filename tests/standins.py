@@ -64,3 +64,19 @@ def write_standin_sscd(path: Path, dim: int = 512) -> Path:
         warnings.filterwarnings("ignore", message=r"`torch\.jit\.(script|save)` is deprecated", category=FutureWarning)
         torch.jit.save(torch.jit.script(model), str(path))
     return path
+
+
+def write_standin_classifier(folder: Path) -> Path:
+    """A random-weight ``small_cnn`` in the suite's classifier format (``model.safetensors`` + ``arch.json``)."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from unlearnbench.classifier import build_classifier
+
+    torch.manual_seed(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    model = build_classifier("small_cnn")
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
+    (folder / "arch.json").write_text(json.dumps({"arch": "small_cnn"}))
+    return folder

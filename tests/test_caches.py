@@ -16,15 +16,14 @@ import numpy as np
 import pytest
 import torch
 import torch_fidelity
-from safetensors.torch import save_file
 
 import unlearnbench.neighbours as nb
 from unlearnbench import metrics
-from unlearnbench.classifier import TORCH_FIDELITY_NAME, build_classifier
+from unlearnbench.classifier import TORCH_FIDELITY_NAME
 from unlearnbench.metrics import EvalContext, _Images, fid_reference
 from unlearnbench.registry import METRICS, load_all
 
-from tests.standins import write_standin_inception
+from tests.standins import write_standin_classifier, write_standin_inception
 
 load_all()
 
@@ -45,13 +44,7 @@ class Planted:
 @pytest.fixture()
 def classifier_dir(tmp_path: Path) -> Path:
     """A random-weight small_cnn in the suite's classifier format (a stand-in)."""
-    torch.manual_seed(0)
-    folder = tmp_path / "classifier-standin"
-    folder.mkdir()
-    model = build_classifier("small_cnn")
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
-    (folder / "arch.json").write_text(json.dumps({"arch": "small_cnn"}))
-    return folder
+    return write_standin_classifier(tmp_path / "classifier-standin")
 
 
 def _images(n: int, seed: int) -> torch.Tensor:

@@ -1,30 +1,23 @@
 """The FID reference set is a declared, recorded tier setting: ``retain`` or ``all`` (forget set included)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 import torch_fidelity
-from safetensors.torch import save_file
-
-from unlearnbench.classifier import TORCH_FIDELITY_NAME, build_classifier
+from unlearnbench.classifier import TORCH_FIDELITY_NAME
 from unlearnbench.metrics import EvalContext, _Images
 from unlearnbench.registry import METRICS, TASKS, load_all
+
+from tests.standins import write_standin_classifier
 
 load_all()
 
 
 def _classifier(tmp_path: Path) -> Path:
-    torch.manual_seed(0)
-    folder = tmp_path / "clf"
-    folder.mkdir()
-    model = build_classifier("small_cnn")
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
-    (folder / "arch.json").write_text(json.dumps({"arch": "small_cnn"}))
-    return folder
+    return write_standin_classifier(tmp_path / "clf")
 
 
 def _ctx(tmp_path: Path, clf: Path, reference: str | None) -> EvalContext:
