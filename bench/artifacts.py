@@ -85,6 +85,17 @@ class Artifacts:
         digest = folder_digest(root, folder) if root is not None else "not prepared yet"
         return {"source": f"prepared:{self.task.name}/{self.tier.name}/{folder}", "sha256": digest}
 
+    def base_identity(self) -> dict[str, Any]:
+        """The identity of the model every cell unlearns: ``--base-model`` or the tier's published one by its
+        content (``model_identity``), else the prepared base's."""
+        source = self.base_source
+        if not source:
+            return self.identity(BASE)
+        given = "--base-model" if self.base_model_path else f"tier {self.tier.name}"
+        subfolder = self.base_subfolder if self.base_model_path else self.tier.base_subfolder
+        name = Path(str(source)).name if Path(str(source)).exists() else str(source)
+        return {"given_by": given, "name": name, **model_identity(str(source), subfolder, self.task.loads_own_base)}
+
     def missing(self, needed: tuple[str, ...] = (BASE, RETRAIN, CLASSIFIER)) -> list[str]:
         kinds = [k for k in (RETRAIN, CLASSIFIER, BASE) if k in needed]
         if self.base_source:
@@ -123,12 +134,6 @@ class Artifacts:
         root = self._need(RETRAIN)
         folder = artefact_folder(RETRAIN, self.forget_set)
         return load_unet(root / folder / "unet_ema"), self._info(root, RETRAIN)
-
-    def classifier(self) -> tuple[torch.nn.Module, dict[str, Any]]:
-        from unlearnbench.classifier import load_classifier
-
-        root = self._need(CLASSIFIER)
-        return load_classifier(root / "classifier"), self._info(root, CLASSIFIER)
 
     def classifier_dir(self) -> Path:
         """The folder holding the classifier (what torch-fidelity's extractor loads)."""
@@ -443,9 +448,7 @@ def _train_artefact(kind: str, task: Task, tier: Tier, data: TaskData, device: t
                                  checkpoint_dir=stage / "checkpoints", progress=progress, log=log)
         model.save_pretrained(stage / "unet_ema")
     else:
-        from unlearnbench.classifier import train_classifier
-
-        info = train_classifier(tier.classifier, data, device, stage, data_root=data_root, progress=progress)
+        info = task.train_classifier(tier.classifier, data, device, stage, data_root=data_root, progress=progress)
     info.update({"task": task.name, "task_version": task.version, "tier": tier.name,
                  "data_source": data.source, "prepared_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
                  "torch": torch.__version__})

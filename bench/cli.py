@@ -182,18 +182,9 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 
 def _executor_options(args: argparse.Namespace) -> dict[str, int | str]:
-    """The options of ``--executor`` given on the command line, each checked to apply to it."""
-    executor_options = {k: v for k, v in {"workers": args.workers, "threads": args.threads, "address": args.ray_address,
-                                          "max_retries": args.max_retries}.items() if v is not None}
-    allowed = {"local": {"threads"}, "pool": {"workers", "threads", "max_retries"},
-               "ray": {"workers", "threads", "address", "max_retries"}}[args.executor]
-    flags = {"workers": "--workers", "threads": "--threads", "address": "--ray-address", "max_retries": "--max-retries"}
-    stray = sorted(set(executor_options) - allowed)
-    if stray:
-        raise UsageError(f"{flags[stray[0]]} does not apply to --executor {args.executor}")
-    if any(executor_options.get(k, 1) < 1 for k in ("workers", "threads")) or executor_options.get("max_retries", 0) < 0:
-        raise UsageError("--workers and --threads must be at least 1, --max-retries at least 0")
-    return executor_options
+    """The options of ``--executor`` given on the command line (the executors check them)."""
+    return {k: v for k, v in {"workers": args.workers, "threads": args.threads, "address": args.ray_address,
+                              "max_retries": args.max_retries}.items() if v is not None}
 
 
 def _planned(opts: "RunOptions") -> tuple["Benchmark", list["CellPlan"]]:  # noqa: F821
@@ -212,11 +203,13 @@ def _planned(opts: "RunOptions") -> tuple["Benchmark", list["CellPlan"]]:  # noq
 
 def cmd_run(args: argparse.Namespace) -> int:
     from unlearnbench.io import atomic_write_text
-    from unlearnbench.runner import RunOptions, parse_overrides
+    from unlearnbench.executors import check_executor_options
+    from unlearnbench.settings import RunOptions, parse_overrides
     from unlearnbench.table import comparison_table, markdown_report
     from unlearnbench.validate import ensure_writable_folder, require_int, validate_base_model
 
     executor_options = _executor_options(args)
+    check_executor_options(args.executor, executor_options)
     require_int("--eval-every", args.eval_every, 0)
     validate_base_model(args.base_model)
     opts = RunOptions(task=args.task, tier=args.tier, methods=_names("--methods", args.methods),
@@ -245,9 +238,9 @@ def cmd_run(args: argparse.Namespace) -> int:
                f"data: {source.get('kind')} ({source.get('retain_size')} retain, {source.get('forget_copies')} forget copies)",
                f"sampler: {bench.sampler.kind}, {bench.sampler.steps} steps, {bench.sampler.num_samples} samples; "
                f"seeds: {', '.join(map(str, bench.seeds))}; device: {bench.device}"]
-    report = markdown_report(title, records, context, bench.tier.off_by_default)
+    report = markdown_report(title, records, context, bench.tier.off_by_default, order=bench.metric_names)
     atomic_write_text(bench.out / "table.md", report)
-    table, notes = comparison_table(records, bench.tier.off_by_default, fmt="simple")
+    table, notes = comparison_table(records, bench.tier.off_by_default, fmt="simple", order=bench.metric_names)
     print(f"\n{title}\n{table}\n")
     for note in dict.fromkeys(notes):
         print(f"  {note}")
@@ -323,7 +316,7 @@ def print_sources(bench: "Benchmark", plans: list["CellPlan"]) -> None:  # noqa:
 
 def cmd_prepare(args: argparse.Namespace) -> int:
     from unlearnbench.artifacts import BASE, CLASSIFIER, RETRAIN, prepare
-    from unlearnbench.runner import resolve_device
+    from unlearnbench.devices import resolve_device
     from unlearnbench.validate import validate_base_model
 
     task = TASKS.get(args.task)

@@ -22,11 +22,9 @@ from typing import Any
 import torch
 
 from unlearnbench.diffusion import build_unet
-from unlearnbench.injection import INJECTION_T
 from unlearnbench.loop import LoopConfig, finetune
-from unlearnbench.registry import METHODS
-
-NLL_EVALUATIONS = 1000  # RK45 at rtol = atol = 1e-5 on a 28x28 UNet (measured, bench/likelihood.py notes)
+from unlearnbench.metrics import NLL_EVALUATIONS
+from unlearnbench.registry import METHODS, METRICS
 
 
 @dataclass(frozen=True)
@@ -100,15 +98,14 @@ def estimate_rows(bench: Any, micro_batch: int | None = None) -> tuple[list[list
     cost = measure_unet(dict(tier.unet), device, micro)
     loop, sampler, ev = tier.unlearning, bench.sampler, tier.eval
     eval_s = sampler.num_samples * sampler.steps * cost.forward
-    if "forget_rate_pixel" in bench.metric_names or "sscd" in bench.metric_names:
-        steps = ev.get("injection_steps") or INJECTION_T + 1
-        eval_s += ev.get("injections", 16) * steps * cost.forward
-    if "nll" in bench.metric_names:
-        eval_s += NLL_EVALUATIONS * cost.train * ev.get("nll_probes", 1)
+    extra = {METRICS.get(m).passes for m in bench.metric_names} - {None}  # metrics sharing work share the function
+    for passes in extra:
+        forward, train = passes(ev)
+        eval_s += forward * cost.forward + train * cost.train
     runs = len(bench.forget_sets) * len(bench.seeds)
     rows, total = [], 0.0
     for name in bench.methods:
-        if name == "retrain":
+        if METHODS.get(name).role == "oracle":
             recipe = tier.base_training
             unlearn_s = recipe.steps * recipe.batch_size * cost.train * len(bench.forget_sets) / runs
             passes = "oracle training"

@@ -20,7 +20,6 @@ See docs/cluster.md.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import hashlib
 import io
 import json
@@ -35,7 +34,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the runner imports torch; workers must be able to set CUDA_VISIBLE_DEVICES first
-    from unlearnbench.runner import Benchmark, CellPlan, RunOptions
+    from unlearnbench.cell import CellPlan
+    from unlearnbench.runner import Benchmark
+    from unlearnbench.settings import RunOptions
 
 
 def log(message: str) -> None:
@@ -95,30 +96,22 @@ class _Freshness:
         return now is not None and now != self.before[digest]
 
 
-def _lost_record(bench: "Benchmark", plan: "CellPlan", error: str) -> dict[str, Any]:
-    """The record of a cell whose worker died on every attempt (same header as the runner's)."""
-    from unlearnbench.results import SCHEMA_VERSION, device_info, git_commit, software_versions
-
+def _data_source(bench: "Benchmark") -> Any:
     try:
-        source = bench.data.source
+        return bench.data.source
     except Exception:  # the record must be written even if the data cannot be read here
-        source = None
-    return {
-        "schema_version": SCHEMA_VERSION, "cell": plan.cell, "config": plan.config, "config_hash": plan.digest,
-        "data_source": source, "base_model": None, "software": software_versions(), "git_commit": git_commit(),
-        "device": device_info(bench.device), "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "status": "failed", "error": error, "traceback": None,
-    }
+        return None
 
 
 def _write_lost(bench: "Benchmark", plans: dict[str, "CellPlan"], lost: dict[str, str]) -> None:
+    from unlearnbench.cell import lost_record
     from unlearnbench.io import atomic_write_json
 
     for digest, error in lost.items():
         plan = plans[digest]
         log(f"cell {plan.cell['method']} seed {plan.cell['seed']}: {error}; recorded as failed "
             f"(rerun it with --retry-failed)")
-        atomic_write_json(plan.path, _lost_record(bench, plan, error))
+        atomic_write_json(plan.path, lost_record(plan, bench.device, _data_source(bench), error))
 
 
 def _raise_first(errors: dict[str, BaseException], plans: dict[str, "CellPlan"]) -> None:
@@ -602,17 +595,28 @@ class RayExecutor(Executor):
 EXECUTORS: dict[str, type[Executor]] = {"local": LocalExecutor, "pool": PoolExecutor, "ray": RayExecutor}
 
 
-def get_executor(name: str, **options: Any) -> Executor:
-    """The executor called ``name`` built with ``options`` (``--executor`` / ``executor_options``)."""
+#: The command line's flag of each executor option (the others are for the Python API).
+FLAGS = {"workers": "--workers", "threads": "--threads", "address": "--ray-address", "max_retries": "--max-retries"}
+
+
+def check_executor_options(name: str, options: dict[str, Any]) -> None:
+    """``options`` must be ones executor ``name`` takes, in range; else a ``UsageError`` naming the flag."""
     import inspect
+
+    from unlearnbench.validate import UsageError, did_you_mean
 
     cls = EXECUTORS.get(name)
     if cls is None:
-        close = difflib.get_close_matches(name, EXECUTORS, n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"unknown executor {name!r}; choose one of {', '.join(EXECUTORS)}.{hint}")
+        raise UsageError(f"unknown executor {name!r}; {did_you_mean(name, EXECUTORS)}choose one of {', '.join(EXECUTORS)}")
     accepted = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
-    unknown = sorted(set(options) - set(accepted))
-    if unknown:
-        raise ValueError(f"executor {name!r} takes no option(s) {unknown}; it takes {accepted}")
-    return cls(**options)
+    stray = sorted(set(options) - set(accepted))
+    if stray:
+        raise UsageError(f"{FLAGS.get(stray[0], stray[0])} does not apply to --executor {name}")
+    if any((options.get(k) or 1) < 1 for k in ("workers", "threads")) or (options.get("max_retries") or 0) < 0:
+        raise UsageError("--workers and --threads must be at least 1, --max-retries at least 0")
+
+
+def get_executor(name: str, **options: Any) -> Executor:
+    """The executor called ``name`` built with ``options`` (``--executor`` / ``executor_options``)."""
+    check_executor_options(name, options)
+    return EXECUTORS[name](**options)

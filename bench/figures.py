@@ -24,6 +24,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from unlearnbench.io import atomic_write_bytes
+from unlearnbench.table import arrow
 
 DPI = 100
 RC = {
@@ -77,15 +78,9 @@ def pareto_front(points: Mapping[str, tuple[float, float]], x_higher_is_better: 
     return sorted(front, key=lambda k: (points[k][0], points[k][1], k))
 
 
-def _arrow(higher_is_better: bool | None) -> str:
-    return "" if higher_is_better is None else (" ↑" if higher_is_better else " ↓")
-
-
-REFERENCE_ROWS = ("pretrain", "retrain")
-
-
 def tradeoff_figure(stats: Mapping[str, Mapping[str, Stat]], directions: Mapping[str, bool | None],
-                    path: Path, title: str = "", skipped: list[str] | None = None) -> Path | None:
+                    path: Path, title: str = "", skipped: list[str] | None = None,
+                    references: Sequence[str] = ()) -> Path | None:
     """Forget rate (x, %) against quality: one panel for ``fid`` (when any row has it) or else
     ``fid_clf``, one for ``is_clf``; a point per row at its seed mean, error bars = seed std, the
     Pareto front of each panel drawn as a line.
@@ -120,7 +115,7 @@ def tradeoff_figure(stats: Mapping[str, Mapping[str, Stat]], directions: Mapping
                                 label=label)
                 handles.setdefault(label, h)
             # The front is over the unlearning methods: the oracle and the untouched base are references.
-            candidates = {k: v for k, v in points.items() if k not in REFERENCE_ROWS}
+            candidates = {k: v for k, v in points.items() if k not in references}
             front = pareto_front(candidates, bool(directions.get("forget_rate")), bool(directions[metric]))
             if front:  # a dashed line through the front, each of its points ringed (visible for one point too)
                 (line,) = ax.plot([points[k][0] for k in front], [points[k][1] for k in front], "--", color="0.35",
@@ -129,8 +124,8 @@ def tradeoff_figure(stats: Mapping[str, Mapping[str, Stat]], directions: Mapping
                 handles.setdefault("Pareto front", line)
             xmax = max((100 * (stats[k]["forget_rate"][0] + stats[k]["forget_rate"][1]) for k in points), default=0.0)
             ax.set_xlim(-0.05 * max(xmax, 1.0), max(1.1 * xmax, 1.0))  # rates are >= 0: no negative axis
-            ax.set_xlabel(f"forget rate (%){_arrow(directions.get('forget_rate'))}")
-            ax.set_ylabel(f"{metric}{_arrow(directions[metric])}")
+            ax.set_xlabel(f"forget rate (%){arrow(directions.get('forget_rate'))}")
+            ax.set_ylabel(f"{metric}{arrow(directions[metric])}")
             values = [q for _, q in points.values() if q > 0]
             if values and min(values) > 0 and max(values) / min(values) > 100:  # e.g. a collapsed model's FID
                 ax.set_yscale("log")
@@ -203,7 +198,7 @@ def forget_curve_figure(curves: Mapping[str, Sequence[Sequence[Mapping[str, floa
                        label=f"{label} (no unlearning steps)")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("unlearning step")
-        ax.set_ylabel(f"forget rate (%){_arrow(higher_is_better)}")
+        ax.set_ylabel(f"forget rate (%){arrow(higher_is_better)}")
         ax.set_ylim(bottom=0)
         ax.legend(loc="best", frameon=False)
         if title:

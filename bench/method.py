@@ -48,19 +48,32 @@ class NoHparams:
     """For methods without hyper-parameters of their own."""
 
 
-class Method:
-    """Base class: a name, a version (bumped when its numbers would change) and hyper-parameters.
+#: What a method's row is in every table, figure and check, in row order: the model before unlearning,
+#: the unlearning methods, and the oracle trained without the forget set.
+ROLES = ("reference_before", "unlearning", "oracle")
 
-    ``published`` maps a protocol family (``mnist_tshirt``, ``cifar10``, ``celeba_hq``, ``sd``)
-    to the method's published hyper-parameters (the ReTrack and SISS papers' configs): the
-    single place they live.
+
+class Method:
+    """Base class: a version (bumped when its numbers would change), a role and hyper-parameters.
+
+    The name is the file's (``methods/retrack.py`` is ``retrack``), set by ``METHODS.register``.
+    ``published`` maps a ``Protocol`` (``unlearnbench.protocols``) to the method's published
+    hyper-parameters (the ReTrack and SISS papers' configs): the single place they live.
+    ``order`` places an unlearning method among the others in tables (lower first).
     """
 
     name: ClassVar[str] = ""
     version: ClassVar[int] = 1
+    role: ClassVar[str] = "unlearning"
+    order: ClassVar[int] = 1000
     finetunes: ClassVar[bool] = False
     Hparams: ClassVar[type] = NoHparams
     published: ClassVar[dict[str, dict[str, Any]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.role not in ROLES:
+            raise TypeError(f"{cls.__qualname__}.role is {cls.role!r}; one of {ROLES}")
 
     @classmethod
     def hparams(cls, protocol: str, overrides: dict[str, Any] | None = None) -> Any:
@@ -177,5 +190,5 @@ def dot(a: list[Tensor], b: list[Tensor]) -> Tensor:
 
 
 __all__ = [
-    "Method", "FineTuneMethod", "GradientRuleMethod", "UnlearnJob", "UnlearnResult", "NoHparams", "flat_grads", "dot", "add_to_grad",
+    "ROLES", "Method", "FineTuneMethod", "GradientRuleMethod", "UnlearnJob", "UnlearnResult", "NoHparams", "flat_grads", "dot", "add_to_grad",
 ]

@@ -50,13 +50,24 @@ class Metric:
     #: mean when ``relative``) fails; None: informational only (e.g. machine-dependent wall-clock).
     tolerance: float | None = None
     relative: bool = False
+    #: Column position in leaderboards (lower first): forget metrics, then quality, then costs.
+    order: int = 1000
+    #: Prepared artefacts the metric reads (``"classifier"``): prepared before any cell that scores it.
+    needs: tuple[str, ...] = ()
+    #: UNet passes the metric adds to a cell beyond sampling: ``(tier_eval) -> (forward, forward+backward)``
+    #: per sample (the dry run's cost estimate); None: none.
+    passes: Callable[[dict[str, Any]], tuple[float, float]] | None = None
 
 
 def register_metric(name: str, *, higher_is_better: bool, implementation: str, kind: str = "sample",
-                    version: int = 1, tolerance: float | None = None,
-                    relative: bool = False) -> Callable[[Callable[..., MetricValue]], Callable[..., MetricValue]]:
+                    version: int = 1, tolerance: float | None = None, relative: bool = False, order: int = 1000,
+                    needs: tuple[str, ...] = (), passes: Callable[[dict[str, Any]], tuple[float, float]] | None = None,
+                    ) -> Callable[[Callable[..., MetricValue]], Callable[..., MetricValue]]:
+    """Register the decorated ``compute`` function as metric ``name`` (see ``Metric`` for the fields)."""
+
     def decorator(fn: Callable[..., MetricValue]) -> Callable[..., MetricValue]:
-        METRICS.add(name, Metric(name, higher_is_better, implementation, kind, fn, version, tolerance, relative))
+        METRICS.add(name, Metric(name, higher_is_better, implementation, kind, fn, version, tolerance, relative,
+                                 order, needs, passes))
         return fn
 
     return decorator
@@ -70,18 +81,16 @@ PERCENT_METRICS = frozenset({"forget_rate", "forget_rate_pixel", "forget_rate_mo
 class EvalContext:
     """Generated samples and everything the sample metrics compare them with."""
 
-    samples: Tensor  # [−1, 1], (N, C, H, W)
+    sample_sets: dict[str, Tensor]  # what Task.generate returned; "samples" ([−1, 1], (N, C, H, W)) is scored
     forget_image: Tensor  # (1, C, H, W)
     retain: Tensor  # the reference set for FID
     classifier_dir: Path | None
     cache_dir: Path
     device: torch.device
-    inception_weights: str | None = None
     task: Any = None  # the Task (task-defined metrics such as forget_rate read it)
     data: Any = None  # the cell's TaskData (forget set, references, ``extra``)
     model: Any = None  # the unlearned model (injection and likelihood metrics run it)
-    sample_sets: dict[str, Tensor] = field(default_factory=dict)  # what Task.generate returned
-    weights: dict[str, str | None] = field(default_factory=dict)  # user-supplied weights: sscd, clip, ...
+    weights: dict[str, str | None] = field(default_factory=dict)  # user-supplied weights: inception, sscd, clip
     tier_eval: dict[str, Any] = field(default_factory=dict)  # the tier's evaluation settings
     seed: int = 0
     memo: dict[str, Any] = field(default_factory=dict)  # work shared by several metrics of one cell
@@ -90,11 +99,16 @@ class EvalContext:
     progress: bool = False
 
     @property
+    def samples(self) -> Tensor:
+        """The generated samples every sample metric scores."""
+        return self.sample_sets["samples"]
+
+    @property
     def forget_mask(self) -> Tensor:
         """True where a sample is a copy of the forget image (the task's criterion; quality skips them)."""
         if self._forget_mask is None:
-            if self.task is None:
-                self._forget_mask = tshirt_distance(self.samples, self.forget_image) < TSHIRT_L2_THRESHOLD
+            if self.task is None:  # no task: nothing is excluded
+                self._forget_mask = torch.zeros(len(self.samples), dtype=torch.bool)
             else:
                 self._forget_mask = self.task.sample_copy_mask(self.samples, self.data)
         return self._forget_mask
@@ -105,20 +119,12 @@ class EvalContext:
         return self.samples[~self.forget_mask]
 
 
-TSHIRT_L2_THRESHOLD = 10.0
-
-
 def to_unit(x: Tensor) -> Tensor:
     return (x.float() + 1) / 2
 
 
 def to_uint8(x: Tensor) -> Tensor:
     return ((x.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
-
-
-def tshirt_distance(samples: Tensor, forget_image: Tensor) -> Tensor:
-    """L2 distance of each sample to the forget image, on [0, 1] pixels."""
-    return (to_unit(samples) - to_unit(forget_image)).flatten(1).norm(dim=1)
 
 
 def content_hash(*tensors: Tensor, salt: str = "") -> str:
@@ -208,7 +214,7 @@ STATS_DIR = "fid-stats"
 STATS_FORMAT = 1
 
 
-def _fidelity(ctx: EvalContext, extractor: str, weights: str | None, isc: bool, fid: bool,
+def fidelity(ctx: EvalContext, extractor: str, weights: str | None, isc: bool, fid: bool,
               channels: int | None = None, salt: str = "", **options: Any) -> dict[str, float]:
     """IS and/or FID of the cell's kept samples by torch-fidelity's own functions, the numbers of
     ``torch_fidelity.calculate_metrics``.
@@ -334,60 +340,11 @@ def _reference_hash(ref: _Subset, salt: str) -> str:
     return h.hexdigest()[:24]
 
 
-TSHIRT_FREQUENCY = ("fraction of generated samples with L2 distance < 10 to the forget image "
-                    "(pixels in [0,1], 28x28 = 784-d): the SISS/ReTrack T-shirt frequency")
-
-
-@register_metric("forget_rate", higher_is_better=False, tolerance=0.01,
-                 implementation="task-defined (each value records its definition); MNIST T-Shirt: " + TSHIRT_FREQUENCY)
+@register_metric("forget_rate", higher_is_better=False, tolerance=0.01, order=10,
+                 implementation="task-defined (each value records its definition in its implementation)")
 def forget_rate(ctx: EvalContext) -> MetricValue:
-    if ctx.task is not None:
-        return ctx.task.forget_rate(ctx)
-    return sample_copy_rate(ctx)
-
-
-def sample_copy_rate(ctx: EvalContext) -> MetricValue:
-    """Fraction of generated samples that are copies of the forget image (MNIST T-Shirt's T-shirt frequency)."""
-    mask = ctx.forget_mask
-    return MetricValue(float(mask.float().mean()), n_samples=len(mask), reference="the forget image",
-                       extra={"copies": int(mask.sum())}, implementation=TSHIRT_FREQUENCY)
-
-
-def _classifier_unavailable(ctx: EvalContext) -> MetricValue | None:
-    import unlearnbench.classifier  # noqa: F401  (registers the classifier as a torch-fidelity extractor)
-
-    if ctx.classifier_dir is None:
-        return MetricValue(None, available=False, reason="no classifier prepared: run `run_bench.py prepare`")
-    if len(ctx.kept) < 10:
-        return MetricValue(None, n_samples=len(ctx.kept), available=False,
-                           reason=f"only {len(ctx.kept)} non-forget samples (10 splits need at least 10)")
-    return None
-
-
-@register_metric("is_clf", higher_is_better=True, tolerance=0.05, relative=True,
-                 implementation="Inception-Score formula on the logits of the suite's MNIST classifier, 10 splits, "
-                                "non-forget samples only (torch-fidelity isc, registered classifier extractor; max 10)")
-def is_clf(ctx: EvalContext) -> MetricValue:
-    missing = _classifier_unavailable(ctx)
-    if missing:
-        return missing
-    out = _fidelity(ctx, "unlearnbench-mnist-classifier", str(ctx.classifier_dir), isc=True, fid=False,
-                    salt=_dir_hash(ctx.classifier_dir))
-    return MetricValue(out["inception_score_mean"], n_samples=len(ctx.kept), reference="none (unary)",
-                       extra={"std_over_splits": out["inception_score_std"]})
-
-
-@register_metric("fid_clf", higher_is_better=False, tolerance=0.25, relative=True,
-                 implementation="Frechet distance of the MNIST classifier's penultimate features, non-forget samples "
-                                "vs the retain digits (torch-fidelity fid, registered classifier extractor, float64)")
-def fid_clf(ctx: EvalContext) -> MetricValue:
-    missing = _classifier_unavailable(ctx)
-    if missing:
-        return missing
-    out = _fidelity(ctx, "unlearnbench-mnist-classifier", str(ctx.classifier_dir), isc=False, fid=True,
-                    salt=_dir_hash(ctx.classifier_dir))
-    return MetricValue(out["frechet_inception_distance"], n_samples=len(ctx.kept),
-                       reference=fid_reference(ctx).describe())
+    """The task's forget rate: each task defines what counts as remembering its forget set."""
+    return ctx.task.forget_rate(ctx)
 
 
 INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"
@@ -423,7 +380,7 @@ def _online() -> bool:
         return False
 
 
-@register_metric("fid", higher_is_better=False, tolerance=0.10, relative=True,
+@register_metric("fid", higher_is_better=False, tolerance=0.10, relative=True, order=110,
                  implementation="Inception-v3 FID (torch-fidelity inception-v3-compat, 2048-d pool features; grayscale "
                                 "repeated to 3 channels), non-forget samples vs the training (retain) images")
 def fid(ctx: EvalContext) -> MetricValue:
@@ -444,7 +401,7 @@ def fid(ctx: EvalContext) -> MetricValue:
 def inception_weights(ctx: EvalContext) -> tuple[str | None, str]:
     """``find_inception_weights`` once per cell: the file is verified (and the network probed) once, not per metric."""
     if "inception_weights" not in ctx.memo:
-        ctx.memo["inception_weights"] = find_inception_weights(ctx.inception_weights)
+        ctx.memo["inception_weights"] = find_inception_weights(ctx.weights.get("inception"))
     return ctx.memo["inception_weights"]
 
 
@@ -463,13 +420,13 @@ def _inception(ctx: EvalContext, weights: str | None) -> dict[str, float]:
     if "inception" not in ctx.memo:
         channels = 3 if ctx.samples.shape[1] == 1 else None
         isc = len(ctx.kept) >= 10
-        ctx.memo["inception"] = _fidelity(
+        ctx.memo["inception"] = fidelity(
             ctx, "inception-v3-compat", weights, isc=isc, fid=True, channels=channels, salt=_weights_salt(ctx, weights),
             feature_layer_fid=str(ctx.tier_eval.get("fid_feature_layer", "2048")))
     return ctx.memo["inception"]
 
 
-@register_metric("inception_score", higher_is_better=True, tolerance=0.05, relative=True,
+@register_metric("inception_score", higher_is_better=True, tolerance=0.05, relative=True, order=130,
                  implementation="Inception Score (torch-fidelity isc, inception-v3-compat logits, 10 splits) of the "
                                 "generated samples that are not copies of the forget image")
 def inception_score(ctx: EvalContext) -> MetricValue:
@@ -484,102 +441,16 @@ def inception_score(ctx: EvalContext) -> MetricValue:
                        extra={"weights": how, "std_over_splits": out["inception_score_std"]})
 
 
-# --- injection metrics (CIFAR-10, CelebA-HQ): the forget image noised to t = 250, then denoised ---
-
-def injections(ctx: EvalContext) -> Tensor:
-    """The cell's denoised injections (computed once, shared by sscd / forget_rate / forget_rate_pixel)."""
-    from unlearnbench.injection import denoise_injections
-
-    if "injections" not in ctx.memo:
-        ctx.memo["injections"] = denoise_injections(
-            ctx.model, ctx.forget_image, n=ctx.tier_eval.get("injections", 16), seed=ctx.seed, device=ctx.device,
-            steps=ctx.tier_eval.get("injection_steps"))
-    return ctx.memo["injections"]
+#: Model evaluations of one NLL (RK45 at rtol = atol = 1e-5 on a 28x28 UNet, measured): the dry run's estimate.
+NLL_EVALUATIONS = 1000
 
 
-def _injection_note(ctx: EvalContext) -> str:
-    steps = ctx.tier_eval.get("injection_steps")
-    return (f"{ctx.tier_eval.get('injections', 16)} seeded injections: the forget image noised to t = 250, "
-            f"denoised by DDPM {'250 -> 0, every step' if steps is None else f'250 -> 0 in {steps} steps'}")
+def _nll_passes(tier_eval: dict[str, Any]) -> tuple[float, float]:
+    """One NLL integrates ~``NLL_EVALUATIONS`` forward+backward passes (Hutchinson divergence), per probe."""
+    return 0.0, NLL_EVALUATIONS * tier_eval.get("nll_probes", 1)
 
 
-SSCD_MISSING = ("SSCD weights not given: pass --sscd-weights PATH/sscd_disc_mixup.torchscript.pt "
-                "(facebookresearch/sscd-copy-detection model zoo)")
-
-
-def sscd_model(ctx: EvalContext) -> Any:
-    """The SSCD model of ``--sscd-weights``, loaded once per cell for every metric that needs it."""
-    from unlearnbench.sscd import load_sscd
-
-    if "sscd_model" not in ctx.memo:
-        ctx.memo["sscd_model"] = load_sscd(ctx.weights["sscd"], device=ctx.device)
-    return ctx.memo["sscd_model"]
-
-
-def sscd_similarities(ctx: EvalContext) -> Tensor | None:
-    """SSCD cosine similarity of each injection output to the forget image (None without SSCD weights)."""
-    from unlearnbench.sscd import sscd_similarity
-
-    if not ctx.weights.get("sscd"):
-        return None
-    if "sscd" not in ctx.memo:
-        ctx.memo["sscd"] = sscd_similarity(sscd_model(ctx), injections(ctx), ctx.forget_image)
-    return ctx.memo["sscd"]
-
-
-@register_metric("sscd", higher_is_better=False, tolerance=0.05,
-                 implementation="mean SSCD cosine similarity (sscd_disc_mixup descriptors) between the forget image "
-                                "and its injections denoised by the unlearned model (protocols.md §4)")
-def sscd(ctx: EvalContext) -> MetricValue:
-    sims = sscd_similarities(ctx)
-    if sims is None:
-        return MetricValue(None, available=False, reason=SSCD_MISSING)
-    return MetricValue(float(sims.mean()), n_samples=len(sims), reference="the forget image",
-                       extra={"definition": _injection_note(ctx), "std": float(sims.std()) if len(sims) > 1 else 0.0,
-                              "weights": str(ctx.weights.get("sscd"))})
-
-
-def injection_copy_rate(ctx: EvalContext) -> MetricValue:
-    """forget_rate of the injection tasks: the fraction of injections SSCD calls a copy."""
-    from unlearnbench.sscd import COPY_THRESHOLD
-
-    sims = sscd_similarities(ctx)
-    definition = (f"fraction of {_injection_note(ctx)}, whose SSCD similarity to the forget image exceeds "
-                  f"{COPY_THRESHOLD} (the copy threshold of Somepalli et al. 2023)")
-    if sims is None:
-        return MetricValue(None, available=False, reason=SSCD_MISSING + "; forget_rate_pixel is computed without it",
-                           implementation=definition)
-    copies = sims > COPY_THRESHOLD
-    return MetricValue(float(copies.float().mean()), n_samples=len(sims), reference="the forget image",
-                       extra={"copies": int(copies.sum()), "threshold": COPY_THRESHOLD}, implementation=definition)
-
-
-@register_metric("forget_rate_pixel", higher_is_better=False, tolerance=0.05,
-                 implementation="fraction of injections (forget image noised to t = 250, denoised by the unlearned "
-                                "model) closer to the forget image than half the distance from the forget image to "
-                                "its nearest retain image (RMS distance on [0, 1] pixels); no SSCD weights needed")
-def forget_rate_pixel(ctx: EvalContext) -> MetricValue:
-    from unlearnbench.injection import rms_distance
-    from unlearnbench.neighbours import cached_knn_search
-    from unlearnbench.paths import cache_root
-
-    outs = injections(ctx)
-    sq, index = cached_knn_search(ctx.forget_image, ctx.retain, min(64, len(ctx.retain)), cache_root() / "knn")
-    dims = ctx.forget_image[0].numel()
-    nearest = (sq[0] / dims).sqrt() / 2  # squared L2 on [−1, 1] pixels -> RMS on [0, 1] pixels
-    threshold = float(nearest[0]) / 2
-    dist = rms_distance(outs, ctx.forget_image)
-    copies = dist < threshold
-    q = torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0], dtype=torch.float64)
-    return MetricValue(
-        float(copies.float().mean()), n_samples=len(outs), reference="the forget image",
-        extra={"copies": int(copies.sum()), "threshold_rms": threshold,
-               "nearest_retain_rms": [round(float(v), 5) for v in nearest[:10]],
-               "injection_rms_quantiles": [round(float(v), 5) for v in torch.quantile(dist.double(), q)],
-               "definition": _injection_note(ctx)})
-
-
-@register_metric("nll", higher_is_better=True, tolerance=0.05, relative=True,
+@register_metric("nll", higher_is_better=True, tolerance=0.05, relative=True, order=90, passes=_nll_passes,
                  implementation="negative log-likelihood of the forget image in bits/dim under the unlearned model: "
                                 "probability-flow ODE (VPSDE beta 0.1 -> 20), scipy RK45 rtol = atol = 1e-5, "
                                 "Hutchinson divergence, uniform dequantization (bench/likelihood.py)")
@@ -599,26 +470,19 @@ def nll(ctx: EvalContext) -> MetricValue:
                        implementation=implementation)
 
 
-def _dir_hash(folder: Path) -> str:
-    h = hashlib.sha256()
-    for f in sorted(Path(folder).iterdir()):
-        h.update(f.read_bytes())
-    return h.hexdigest()[:16]
-
-
-def _cost(key: str) -> Callable[..., MetricValue]:
+def _cost_metric(key: str, name: str, implementation: str, order: int, tolerance: float | None = None) -> None:
     def compute(log: Any) -> MetricValue:
         return MetricValue(float(getattr(log, key)))
 
-    return compute
+    METRICS.add(name, Metric(name, False, implementation, "cost", compute, tolerance=tolerance, order=order))
 
 
-METRICS.add("unlearn_seconds", Metric("unlearn_seconds", False, "wall-clock of the unlearning method only "
-            "(evaluation excluded, CUDA synchronised); retrain: the oracle's training time", "cost", _cost("seconds")))
-METRICS.add("unet_forward", Metric("unet_forward", False, "UNet forward passes in units of one batch-per-branch "
-            "(samples forwarded / batch size), counted by a forward hook", "cost", _cost("unet_forward"), tolerance=0.0))
-METRICS.add("unet_backward", Metric("unet_backward", False, "UNet backward passes in units of one batch-per-branch, "
-            "counted by a gradient hook on the UNet output", "cost", _cost("unet_backward"), tolerance=0.0))
+_cost_metric("seconds", "unlearn_seconds", "wall-clock of the unlearning method only (evaluation excluded, CUDA "
+             "synchronised); retrain: the oracle's training time", order=170)
+_cost_metric("unet_forward", "unet_forward", "UNet forward passes in units of one batch-per-branch (samples forwarded "
+             "/ batch size), counted by a forward hook", order=180, tolerance=0.0)
+_cost_metric("unet_backward", "unet_backward", "UNet backward passes in units of one batch-per-branch, counted by a "
+             "gradient hook on the UNet output", order=190, tolerance=0.0)
 
 
 def _deletion_step(log: Any) -> MetricValue:
@@ -631,4 +495,4 @@ def _deletion_step(log: Any) -> MetricValue:
 
 
 METRICS.add("deletion_step", Metric("deletion_step", False, "first unlearning step at which the forget rate "
-            "(evaluated every --eval-every steps) is 0", "cost", _deletion_step))
+            "(evaluated every --eval-every steps) is 0", "cost", _deletion_step, order=160))

@@ -15,7 +15,11 @@ def cache_dir(task: str, tier: str) -> Path:
 
 
 def assets_dir(task: str, tier: str) -> Path:
-    """The prepared artefacts shipped inside the package (``datasets/assets``) for (task, tier)."""
-    import unlearnbench.datasets as pkg
+    """The prepared artefacts shipped inside the package (``datasets/assets``) for (task, tier).
 
-    return Path(pkg.__file__).resolve().parent / "assets" / task / tier
+    Found from the package's location without importing it (the harness imports no task)."""
+    from importlib.util import find_spec
+
+    spec = find_spec("unlearnbench.datasets")
+    assert spec is not None and spec.submodule_search_locations, "the unlearnbench.datasets package is missing"
+    return Path(list(spec.submodule_search_locations)[0]).resolve() / "assets" / task / tier

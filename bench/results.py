@@ -5,9 +5,11 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import platform
 import re
 import subprocess
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -193,3 +195,27 @@ def device_info(device: torch.device) -> dict[str, Any]:
     if device.type == "cuda":
         info["name"] = torch.cuda.get_device_name(device)
     return info
+
+
+def quarantine(path: Path, folder: Path) -> Path:
+    """Move an unusable record into ``folder`` (kept for inspection, never read as a result)."""
+    target = folder / f"{path.name}.{time.strftime('%Y%m%dT%H%M%S')}"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(path, target)
+    return target
+
+
+def needs_run(path: Path, overwrite: bool, retry_failed: bool, quarantine_dir: Path, log: Any = print) -> bool:
+    """Whether the cell whose record is ``path`` must run: no record, ``overwrite``, a failed record with
+    ``retry_failed``, or a record that cannot be read (moved to ``quarantine_dir`` with a message, then redone)."""
+    if overwrite or not path.exists():
+        return True
+    try:
+        record = read_record(path)
+    except FileNotFoundError:
+        return True
+    except BadRecordError as err:
+        moved = quarantine(path, quarantine_dir)
+        log(f"record {path.name} is unusable ({err.reason}); moved to {moved}, the cell runs again")
+        return True
+    return retry_failed and record.get("status") != "ok"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -91,3 +92,14 @@ def sscd_similarity(model: torch.nn.Module, a: Tensor, b: Tensor) -> Tensor:
     if len(db) not in (1, len(da)):
         raise ValueError(f"cannot pair {len(da)} images with {len(db)}: give as many, or one")
     return (da * db).sum(dim=1)
+
+
+SSCD_MISSING = ("SSCD weights not given: pass --sscd-weights PATH/sscd_disc_mixup.torchscript.pt "
+                "(facebookresearch/sscd-copy-detection model zoo)")
+
+
+def sscd_model(ctx: Any) -> torch.jit.ScriptModule:
+    """The SSCD model of ``--sscd-weights``, loaded once per cell (an ``EvalContext``) for every metric needing it."""
+    if "sscd_model" not in ctx.memo:
+        ctx.memo["sscd_model"] = load_sscd(ctx.weights["sscd"], device=ctx.device)
+    return ctx.memo["sscd_model"]

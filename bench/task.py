@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 from torch import Tensor
 
 from unlearnbench.loop import LoopConfig
+from unlearnbench.protocols import Protocol
 from unlearnbench.sampling import SamplerConfig
 
 
@@ -55,9 +56,9 @@ class Tier:
     seeds: tuple[int, ...]
     metrics: tuple[str, ...]
     description: str
-    method_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # e.g. tuned lr per method
-    #: Where ``method_overrides`` come from (recorded as each such setting's source).
-    method_overrides_source: str = "the tier's own choice"
+    method_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # the tier's own per-method choices
+    #: True when per-method settings chosen by ``run_bench.py tune`` ship as ``tuning.json`` in the tier's assets.
+    tuned: bool = False
     off_by_default: dict[str, str] = field(default_factory=dict)  # metric -> why this tier skips it
     #: Forget sets run one per cell (CIFAR-10: train indices 10000-10009; SD: prompt ids); None: one fixed set.
     forget_sets: tuple[str, ...] | None = None
@@ -86,7 +87,7 @@ class Task:
 
     name: ClassVar[str] = ""
     version: ClassVar[int] = 1
-    protocol: ClassVar[str] = ""  # the family in protocols.md §2 whose published settings apply
+    protocol: ClassVar[Protocol]  # the published protocol whose settings apply (``unlearnbench.protocols``)
     default_tier: ClassVar[str] = "quick"
     #: Methods that cannot run on this task, with the reason (e.g. no retrain oracle for Stable Diffusion).
     unsupported_methods: ClassVar[dict[str, str]] = {}
@@ -131,6 +132,11 @@ class Task:
 
     def check_model(self, model: Any, data: TaskData) -> None:
         """Raise if ``model`` cannot serve this task's data (e.g. a different image size)."""
+
+    def train_classifier(self, recipe: ClassifierRecipe, data: TaskData, device: Any, folder: Path,
+                         data_root: Path | None, progress: bool) -> dict[str, Any]:
+        """Train the tier's domain classifier into ``folder`` (for tasks whose tiers declare one); its info."""
+        raise NotImplementedError(f"task {self.name!r} has no classifier")
 
     def sample_copy_mask(self, samples: Tensor, data: TaskData) -> Tensor:
         """True where a generated sample is a copy of the forget image; quality metrics score the rest.

@@ -53,7 +53,8 @@ def run_tuning(args: Any) -> int:
     """``run_bench.py tune``: run the grid, apply the rule, write the tuning record."""
     from unlearnbench.io import atomic_write_json
     from unlearnbench.registry import METHODS, TASKS
-    from unlearnbench.runner import Benchmark, RunOptions
+    from unlearnbench.runner import Benchmark
+    from unlearnbench.settings import RunOptions
 
     task_name = TASKS.canonical(args.task)
     tier = TASKS.get(task_name).tier(args.tier or TASKS.get(task_name).default_tier)
@@ -71,7 +72,7 @@ def run_tuning(args: Any) -> int:
         m = record.get("metrics", {})
         return {"lr": lr, "status": record["status"], **{k: m.get(k, {}).get("value") for k in ("forget_rate", "is_clf", "fid_clf")}}
 
-    base = run("pretrain", None)
+    base = run(next(m for m in METHODS.names() if METHODS.get(m).role == "reference_before"), None)
     record: dict[str, Any] = {"task": task_name, "tier": tier.name, "rule": RULE, "grid": list(LR_GRID),
                               "tuning_seed": TUNING_SEED, "pretrain": base, "methods": {}}
     for method in methods:

@@ -3,7 +3,7 @@ one clear line instead of a traceback (or, worse, after an hour of training).
 
 ``UsageError`` is what the command line prints as ``error: ...`` and exits 2 on. The
 ``validate_*`` functions check resolved settings (after ``--set``) and name the field, the value
-and the allowed range; ``parse_setting`` reads one ``--set SCOPE.NAME=VALUE``.
+and the allowed range; ``coerce`` types one ``--set`` value (``unlearnbench.settings`` reads the key).
 """
 from __future__ import annotations
 
@@ -175,53 +175,6 @@ def coerce(field: str, value: Any, hint: Any, raw: str) -> Any:
     if hint in (int, float, bool):
         raise UsageError(f"--set {field}={raw}: {field} takes {_type_name(hint)}, not {value!r}")
     return value
-
-
-def setting_fields(scope: str) -> tuple[dict[str, Any], str]:
-    """The settings ``--set SCOPE.NAME`` may change, name -> type, and a listing of them for messages.
-
-    ``loop`` and ``sampler`` are the tier's loop and sampler; a method takes its hyper-parameters
-    and, for that method only, the loop's settings."""
-    from unlearnbench.loop import LoopConfig
-    from unlearnbench.registry import METHODS
-    from unlearnbench.sampling import SamplerConfig
-
-    def fields(cls: type) -> dict[str, Any]:
-        hints = typing.get_type_hints(cls)
-        return {f.name: hints.get(f.name, Any) for f in dataclasses.fields(cls)}
-
-    if scope in ("loop", "sampler"):
-        own = fields(LoopConfig if scope == "loop" else SamplerConfig)
-        return own, f"{scope} settings: {', '.join(own)}"
-    own, loop = fields(METHODS.get(scope).Hparams), fields(LoopConfig)
-    listing = f"{scope} settings: {', '.join(own) + ', and ' if own else ''}the loop's {', '.join(loop)}"
-    return {**own, **loop}, listing
-
-
-def override_scope(scope: str, item: str) -> str:
-    """``loop``, ``sampler`` or the canonical name of the method ``scope`` names (aliases allowed)."""
-    from unlearnbench.registry import METHODS
-
-    if scope in ("loop", "sampler"):
-        return scope
-    if scope in METHODS:
-        return METHODS.canonical(scope)
-    names = ["loop", "sampler", *METHODS.names(), *(a for n in METHODS.names() for a in METHODS.aliases_of(n))]
-    raise UsageError(f"--set {item}: unknown scope {scope!r}; {did_you_mean(scope, names)}"
-                     f"scopes: loop, sampler or a method ({', '.join(METHODS.names())})")
-
-
-def parse_setting(item: str) -> tuple[str, str, Any]:
-    """``"retrack.k=5"`` -> ``("retrack", "k", 5)``, the scope, name and type checked (UsageError)."""
-    key, sep, raw = item.partition("=")
-    scope, dot, name = key.strip().partition(".")
-    if not sep or not dot or not scope or not name or not raw.strip():
-        raise UsageError(f"bad --set {item!r}: use SCOPE.NAME=VALUE, e.g. retrack.k=5 or loop.lr=1e-4")
-    scope = override_scope(scope, item)
-    known, listing = setting_fields(scope)
-    if name not in known:
-        raise UsageError(f"--set {item}: {scope} has no setting {name!r}; {did_you_mean(name, known)}{listing}")
-    return scope, name, coerce(f"{scope}.{name}", parse_value(raw), known[name], raw)
 
 
 # ------------------------------------------------------------------------------------- paths

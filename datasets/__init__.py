@@ -1,2 +1,5 @@
-"""One file per benchmark task; importing this package registers them all."""
-from unlearnbench.datasets import celeba_hq, cifar10, mnist_tshirt, sd_memorized  # noqa: F401
+"""The benchmark tasks: one package per task (family), discovered by the registry.
+
+Each package registers its tasks and their own metrics when imported (``unlearnbench.registry``
+imports them on first use). ``assets/`` holds the prepared weights shipped for offline tiers.
+"""

@@ -1,8 +1,5 @@
-"""One file per unlearning method; importing this package registers them all.
+"""One file per unlearning method, named by its file; the registry discovers them (nothing to list here).
 
-The import order is the order of rows in tables: the base model, the baselines, the
-gradient-rule methods, ReTrack, and the oracle last.
+Row order in tables comes from each method's ``role`` and ``order``: the model before unlearning,
+the unlearning methods, and the oracle last.
 """
-# isort: off
-from unlearnbench.methods import pretrain, naive_deletion, neggrad, erasediff  # noqa: F401
-from unlearnbench.methods import siss, siss_no_is, retrack, retrack_all, retrain  # noqa: F401

@@ -14,6 +14,7 @@ from torch import Tensor
 from unlearnbench.diffusion import ddpm_loss, predict_noise, sum_sq
 from unlearnbench.loop import Batch, StepContext
 from unlearnbench.method import GradientRuleMethod, dot
+from unlearnbench.protocols import CELEBA_HQ, CIFAR10, MNIST_TSHIRT, STABLE_DIFFUSION
 from unlearnbench.registry import METHODS
 
 
@@ -28,16 +29,16 @@ def erasediff_direction(g_x: list[Tensor], g_a: list[Tensor], eta: float) -> lis
     return [gx + coef * ga for gx, ga in zip(g_x, g_a)]
 
 
-@METHODS.register("erasediff")
+@METHODS.register
 class EraseDiff(GradientRuleMethod):
-    name = "erasediff"
+    order = 30
     version = 2  # 2: the rule is applied once per optimiser step to the accumulated gradients
     Hparams = EraseDiffHparams
     published = {
-        "mnist_tshirt": {"eta": 1e-3},
-        "cifar10": {"eta": 1e-3},
-        "celeba_hq": {"eta": 1e-3},
-        "sd": {"eta": 1e-2},
+        MNIST_TSHIRT: {"eta": 1e-3},
+        CIFAR10: {"eta": 1e-3},
+        CELEBA_HQ: {"eta": 1e-3},
+        STABLE_DIFFUSION: {"eta": 1e-2},
     }
 
     def losses(self, ctx: StepContext, batch: Batch) -> tuple[Tensor, Tensor, float]:

@@ -9,9 +9,9 @@ from unlearnbench.method import FineTuneMethod
 from unlearnbench.registry import METHODS
 
 
-@METHODS.register("naive_deletion", aliases=("vanilla",))
+@METHODS.register(aliases=("vanilla",))
 class NaiveDeletion(FineTuneMethod):
-    name = "naive_deletion"
+    order = 10
 
     def loss(self, ctx: StepContext, batch: Batch) -> Tensor:
         x = batch.retain

@@ -12,6 +12,7 @@ from torch import Tensor
 from unlearnbench.diffusion import ddpm_loss
 from unlearnbench.loop import Batch, StepContext
 from unlearnbench.method import FineTuneMethod
+from unlearnbench.protocols import PROTOCOLS
 from unlearnbench.registry import METHODS
 
 
@@ -20,11 +21,11 @@ class NegGradHparams:
     scale: float
 
 
-@METHODS.register("neggrad", aliases=("gradient_ascent",))
+@METHODS.register(aliases=("gradient_ascent",))
 class NegGrad(FineTuneMethod):
-    name = "neggrad"
+    order = 20
     Hparams = NegGradHparams
-    published = {family: {"scale": 1.0} for family in ("mnist_tshirt", "cifar10", "celeba_hq", "sd")}
+    published = {family: {"scale": 1.0} for family in PROTOCOLS}
 
     def loss(self, ctx: StepContext, batch: Batch) -> Tensor:
         a = batch.forget

@@ -6,9 +6,9 @@ from unlearnbench.method import Method, UnlearnJob, UnlearnResult
 from unlearnbench.registry import METHODS
 
 
-@METHODS.register("pretrain", aliases=("base",))
+@METHODS.register(aliases=("base",))
 class Pretrain(Method):
-    name = "pretrain"
+    role = "reference_before"
 
     def unlearn(self, job: UnlearnJob) -> UnlearnResult:
         return UnlearnResult(job.base_model, LoopLog())

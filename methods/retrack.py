@@ -17,6 +17,7 @@ from unlearnbench.loop import Batch, StepContext
 from unlearnbench.method import FineTuneMethod, UnlearnJob
 from unlearnbench.neighbours import cached_knn_search
 from unlearnbench.paths import cache_root
+from unlearnbench.protocols import CELEBA_HQ, CIFAR10, MNIST_TSHIRT, STABLE_DIFFUSION
 from unlearnbench.registry import METHODS
 
 
@@ -54,15 +55,15 @@ def retrack_unlearn_loss(pred: Tensor, v_bar: Tensor, v_sq_mean: Tensor) -> Tens
     return (sum_sq(pred) - 2 * (pred * v_bar).flatten(1).sum(1) + v_sq_mean).mean()
 
 
-@METHODS.register("retrack")
+@METHODS.register
 class ReTrack(FineTuneMethod):
-    name = "retrack"
+    order = 60
     Hparams = ReTrackHparams
     published = {
-        "mnist_tshirt": {"k": 10, "lam": 0.005},
-        "cifar10": {"k": 10, "lam": 0.02},
-        "celeba_hq": {"k": 10, "lam": 0.005},
-        "sd": {"k": 10, "lam": 0.5},
+        MNIST_TSHIRT: {"k": 10, "lam": 0.005},
+        CIFAR10: {"k": 10, "lam": 0.02},
+        CELEBA_HQ: {"k": 10, "lam": 0.005},
+        STABLE_DIFFUSION: {"k": 10, "lam": 0.5},
     }
 
     def setup(self, job: UnlearnJob) -> Tensor:

@@ -18,9 +18,9 @@ class ReTrackAllHparams:
     lam: float
 
 
-@METHODS.register("retrack_all")
+@METHODS.register
 class ReTrackAll(ReTrack):
-    name = "retrack_all"
+    order = 70
     Hparams = ReTrackAllHparams
     published = {family: {"lam": v["lam"]} for family, v in ReTrack.published.items()}
 

@@ -10,9 +10,9 @@ from unlearnbench.method import Method, UnlearnJob, UnlearnResult
 from unlearnbench.registry import METHODS
 
 
-@METHODS.register("retrain", aliases=("oracle",))
+@METHODS.register(aliases=("oracle",))
 class Retrain(Method):
-    name = "retrain"
+    role = "oracle"
 
     def unlearn(self, job: UnlearnJob) -> UnlearnResult:
         model, info = job.artifacts.retrain_model()

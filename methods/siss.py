@@ -17,6 +17,7 @@ from torch import Tensor
 from unlearnbench.diffusion import predict_noise, sum_sq
 from unlearnbench.loop import Batch, StepContext
 from unlearnbench.method import GradientRuleMethod, dot
+from unlearnbench.protocols import CELEBA_HQ, CIFAR10, MNIST_TSHIRT, STABLE_DIFFUSION
 from unlearnbench.registry import METHODS
 
 
@@ -27,10 +28,10 @@ class SISSHparams:
 
 
 SISS_PUBLISHED = {
-    "mnist_tshirt": {"lam": 0.5, "scaling_norm": 5.0},
-    "cifar10": {"lam": 0.5, "scaling_norm": 5.0},
-    "celeba_hq": {"lam": 0.5, "scaling_norm": 500.0},
-    "sd": {"lam": 0.5, "scaling_norm": 750.0},
+    MNIST_TSHIRT: {"lam": 0.5, "scaling_norm": 5.0},
+    CIFAR10: {"lam": 0.5, "scaling_norm": 5.0},
+    CELEBA_HQ: {"lam": 0.5, "scaling_norm": 500.0},
+    STABLE_DIFFUSION: {"lam": 0.5, "scaling_norm": 750.0},
 }
 
 
@@ -52,9 +53,9 @@ def subtract_rescaled(g_x: list[Tensor], g_a: list[Tensor], scaling_norm: float)
     return [gx - coef * ga for gx, ga in zip(g_x, g_a)]
 
 
-@METHODS.register("siss")
+@METHODS.register
 class SISS(GradientRuleMethod):
-    name = "siss"
+    order = 40
     version = 2  # 2: the rule is applied once per optimiser step to the accumulated gradients
     Hparams = SISSHparams
     published = SISS_PUBLISHED

@@ -18,9 +18,9 @@ class SISSNoISHparams:
     scaling_norm: float
 
 
-@METHODS.register("siss_no_is")
+@METHODS.register
 class SISSNoIS(GradientRuleMethod):
-    name = "siss_no_is"
+    order = 50
     version = 2  # 2: the rule is applied once per optimiser step to the accumulated gradients
     Hparams = SISSNoISHparams
     published = {family: {"scaling_norm": v["scaling_norm"]} for family, v in SISS_PUBLISHED.items()}

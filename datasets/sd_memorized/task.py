@@ -20,17 +20,17 @@ from typing import Any
 
 import torch
 
-import unlearnbench.sd_metrics  # noqa: F401  (registers the SD metrics with the task)
 from unlearnbench.diffusion import NoiseSchedule
 from unlearnbench.loop import LoopConfig
 from unlearnbench.metrics import EvalContext, MetricValue
+from unlearnbench.protocols import STABLE_DIFFUSION
 from unlearnbench.registry import TASKS
 from unlearnbench.sampling import SamplerConfig
-from unlearnbench.sd import (
+from unlearnbench.datasets.sd_memorized.pipeline import (
     ConditionedUNet, FrozenParts, encode_images, encode_prompts, list_prompt_folders, load_frozen_parts, load_unet,
     prepare_prompt_folders, read_prompt_folder, sample_images, training_scheduler,
 )
-from unlearnbench.sd_metrics import forget_rate_of
+from unlearnbench.datasets.sd_memorized.metrics import forget_rate_of
 from unlearnbench.task import DataMissingError, Task, TaskData, Tier
 
 SD_V1_4 = "CompVis/stable-diffusion-v1-4"
@@ -78,7 +78,7 @@ class SDMemorized(Task):
 
     name = "sd_memorized"
     version = 1
-    protocol = "sd"
+    protocol = STABLE_DIFFUSION
     default_tier = "paper"
     loads_own_base = True  # the pipeline comes from --base-model or the hub; nothing for prepare to train
     unsupported_methods = {

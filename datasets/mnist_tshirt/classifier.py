@@ -80,7 +80,7 @@ def train_classifier(
     data_root: Path | None = None, progress: bool = True,
 ) -> dict[str, Any]:
     """Train on the retain digits (10% held out), save safetensors, return accuracies."""
-    from unlearnbench.datasets.mnist_tshirt import load_mnist_idx, to_model_space
+    from unlearnbench.datasets.mnist_tshirt.task import load_mnist_idx, to_model_space
 
     if data.retain_labels is None:
         raise ValueError("the classifier needs labelled retain samples")

@@ -1,0 +1,192 @@
+"""One cell: unlearn, sample, score, and its record (the one place records are built).
+
+A cell's failure is recorded (``status: failed`` with the error); bad input (``DataFileError``) and
+the machine's errors (``EnvironmentFailure``: disk, device, out of GPU memory) are raised instead,
+since rerunning on good input or a healthy machine may succeed.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import errno
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torchvision.utils import save_image
+
+from unlearnbench.errors import EnvironmentFailure
+from unlearnbench.loop import DivergenceError, LoopConfig, assert_finite_weights
+from unlearnbench.method import UnlearnJob
+from unlearnbench.metrics import EvalContext, MetricValue
+from unlearnbench.registry import METHODS, METRICS
+from unlearnbench.results import SCHEMA_VERSION, device_info, git_commit, software_versions
+from unlearnbench.sampling import SamplerConfig
+from unlearnbench.task import Task, TaskData, Tier
+from unlearnbench.validate import DataFileError
+
+
+@dataclass
+class CellPlan:
+    """One cell's identity, its resolved config (hashed into ``digest``) and where its record goes."""
+
+    cell: dict[str, Any]
+    config: dict[str, Any]
+    digest: str
+    loop: LoopConfig
+    hparams: Any
+    path: Path
+    sources: dict[str, str] = field(default_factory=dict)  # setting -> where its value came from
+
+
+@dataclass
+class CellEnv:
+    """What every cell of one run shares."""
+
+    task: Task
+    tier: Tier
+    sampler: SamplerConfig
+    metric_names: list[str]
+    device: torch.device
+    out: Path
+    cache_dir: Path
+    weights: dict[str, str | None]  # user-supplied weights: inception, sscd, clip
+    eval_every: int = 0
+    progress: bool = True
+    log: Callable[[str], None] = print
+
+
+def record_header(plan: CellPlan, device: torch.device, data_source: Any, base_info: Any) -> dict[str, Any]:
+    """What every record starts with, finished or lost: the cell, its config and how it was computed."""
+    return {
+        "schema_version": SCHEMA_VERSION, "cell": plan.cell, "config": plan.config, "config_hash": plan.digest,
+        "data_source": data_source, "base_model": base_info, "software": software_versions(),
+        "git_commit": git_commit(), "device": device_info(device),
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def lost_record(plan: CellPlan, device: torch.device, data_source: Any, error: str) -> dict[str, Any]:
+    """The record of a cell whose worker died on every attempt."""
+    return {**record_header(plan, device, data_source, None), "status": "failed", "error": error, "traceback": None}
+
+
+def run_cell(env: CellEnv, plan: CellPlan, data: TaskData, base: Any, base_info: dict[str, Any],
+             artifacts: Any) -> dict[str, Any]:
+    """Unlearn ``base`` by the plan's method, generate, score; the finished (or failed) record."""
+    method = METHODS.get(plan.cell["method"])()
+    seed = plan.cell["seed"]
+    forget_set = plan.cell.get("forget_set")
+    env.log(f"cell {plan.cell['method']} seed {seed}{'' if forget_set is None else f' forget set {forget_set}'} ...")
+    record = {**record_header(plan, env.device, data.source, base_info), "settings_sources": plan.sources}
+    try:
+        env.task.check_model(base, data)
+        torch.manual_seed(seed)
+        job = UnlearnJob(
+            base_model=env.task.bind(copy.deepcopy(base).to(env.device), data),
+            retain=data.retain, forget=data.forget, loop=plan.loop, hparams=plan.hparams, seed=seed,
+            device=env.device, artifacts=artifacts, progress=env.progress,
+            on_step=_step_evaluator(env, seed, data) if env.eval_every else None,
+            schedule=env.task.noise_schedule(env.tier),
+        )
+        if env.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(env.device)
+        result = method.unlearn(job)
+        started = time.perf_counter()
+        model = result.model.to(env.device)
+        assert_finite_weights(model, f"after {plan.cell['method']}")
+        sets = env.task.generate(model, env.sampler, seed, env.device, data, env.progress)
+        assert_finite_samples(sets)
+        grid = env.out / "samples" / plan.path.name.replace(".json", ".png")
+        grid.parent.mkdir(parents=True, exist_ok=True)
+        save_image((sets["samples"][:64] + 1) / 2, grid, nrow=8)
+        metrics = score(env.metric_names, eval_context(env, sets, data, model, seed, artifacts), result.log)
+        record.update({
+            "status": "ok", "metrics": metrics, "sample_grid": str(grid.relative_to(env.out)),
+            "costs": {"unlearn_seconds": result.log.seconds, "unet_forward": result.log.unet_forward,
+                      "unet_backward": result.log.unet_backward, "eval_seconds": time.perf_counter() - started,
+                      "peak_memory_bytes": torch.cuda.max_memory_allocated(env.device)
+                      if env.device.type == "cuda" else None},
+            "training": {"losses": result.log.losses, "grad_norms": result.log.grad_norms,
+                         "evaluations": result.log.evaluations},
+            "notes": result.notes,
+        })
+    except Exception as err:  # one broken cell must not stop the grid; the record keeps why
+        if isinstance(err, DataFileError):  # bad input, not the method's failure: say so, record nothing
+            raise
+        if is_environment_error(err):  # the machine's fault, not the cell's: record nothing, stop
+            raise EnvironmentFailure(f"cell {plan.cell['method']} seed {seed} stopped by the environment, not "
+                                     f"recorded (rerun to resume): {type(err).__name__}: {err}") from err
+        record.update({"status": "failed", "error": f"{type(err).__name__}: {err}",
+                       "traceback": traceback.format_exc()})
+        env.log(f"  failed: {err}")
+    return record
+
+
+def eval_context(env: CellEnv, sets: dict[str, torch.Tensor], data: TaskData, model: Any, seed: int,
+                 artifacts: Any) -> EvalContext:
+    """What the sample metrics compare the generated sets with."""
+    needs = {need for name in env.metric_names for need in METRICS.get(name).needs}
+    return EvalContext(sample_sets=sets, forget_image=data.forget_image, retain=data.retain,
+                       classifier_dir=artifacts.classifier_dir() if "classifier" in needs else None,
+                       cache_dir=env.cache_dir, device=env.device, task=env.task, data=data, model=model,
+                       seed=seed, tier_eval=env.tier.eval, weights=env.weights, progress=env.progress)
+
+
+def score(metric_names: list[str], ctx: EvalContext, log: Any) -> dict[str, Any]:
+    """Every metric's value with how it was computed, in the run's metric order."""
+    out = {}
+    for name in metric_names:
+        metric = METRICS.get(name)
+        value: MetricValue = metric.compute(ctx) if metric.kind == "sample" else metric.compute(log)
+        out[name] = {"value": value.value, "higher_is_better": metric.higher_is_better,
+                     "implementation": value.implementation or metric.implementation, "version": metric.version,
+                     "n_samples": value.n_samples, "reference": value.reference,
+                     "available": value.available, "reason": value.reason, **({"extra": value.extra} if value.extra else {})}
+    return out
+
+
+def _step_evaluator(env: CellEnv, seed: int, data: TaskData) -> Callable[[int, Any], dict[str, Any] | None]:
+    """``--eval-every``: the forget rate on up to 256 samples every N unlearning steps."""
+    eval_sampler = dataclasses.replace(env.sampler, num_samples=min(env.sampler.num_samples, 256))
+
+    def evaluate(step: int, model: Any) -> dict[str, Any] | None:
+        if step % env.eval_every:
+            return None
+        sets = env.task.generate(model, eval_sampler, seed, env.device, data, False)
+        assert_finite_samples(sets)
+        ctx = EvalContext(sample_sets=sets, forget_image=data.forget_image, retain=data.retain, classifier_dir=None,
+                          cache_dir=env.cache_dir, device=env.device, task=env.task, data=data, model=model,
+                          seed=seed, tier_eval=env.tier.eval, weights=env.weights)
+        return {"forget_rate": METRICS.get("forget_rate").compute(ctx).value, "n_samples": len(sets["samples"])}
+
+    return evaluate
+
+
+def assert_finite_samples(sets: dict[str, torch.Tensor]) -> None:
+    """A model that generates NaN or inf is destroyed, not forgetful: fail the cell and say so."""
+    for name, images in sets.items():
+        if torch.is_tensor(images) and images.is_floating_point():
+            bad = int((~torch.isfinite(images)).flatten(1).any(dim=1).sum())
+            if bad:
+                raise DivergenceError(f"{bad} of {len(images)} generated images in {name!r} hold NaN or inf values")
+
+
+#: errnos of a machine in trouble rather than a cell's own failure
+ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.ENOMEM, errno.EACCES, errno.EPERM,
+                      errno.ESTALE, errno.ENODEV, errno.ENXIO}
+CUDA_ENVIRONMENT = ("no CUDA GPUs are available", "CUDA driver", "CUDA error: unspecified launch failure",
+                    "device-side assert", "CUDA-capable device", "ECC error", "CUDA error: an illegal memory access")
+
+
+def is_environment_error(err: BaseException) -> bool:
+    """Disk, filesystem, device and out-of-memory errors of the GPU: rerunning on a healthy machine may
+    succeed, so such an error must not become the cell's recorded outcome (divergence and bad settings do)."""
+    if isinstance(err, OSError) and err.errno in ENVIRONMENT_ERRNOS:
+        return True
+    if type(err).__name__ == "OutOfMemoryError":  # torch.cuda.OutOfMemoryError: a busy or smaller GPU
+        return True
+    return isinstance(err, RuntimeError) and any(text in str(err) for text in CUDA_ENVIRONMENT)

@@ -1,0 +1,75 @@
+"""MNIST T-Shirt's own metrics: the T-shirt criterion behind its forget rate, and the classifier
+metrics ``is_clf`` / ``fid_clf`` (SISS scores MNIST with a domain classifier, not Inception)."""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from torch import Tensor
+
+from unlearnbench.metrics import EvalContext, MetricValue, fid_reference, fidelity, register_metric, to_unit
+from unlearnbench.datasets.mnist_tshirt.classifier import TORCH_FIDELITY_NAME
+
+#: A sample within this L2 distance of the T-shirt (pixels in [0, 1], 784-d) is a copy (SISS ``mnist_tshirt``).
+TSHIRT_L2_THRESHOLD = 10.0
+TSHIRT_FREQUENCY = ("fraction of generated samples with L2 distance < 10 to the forget image "
+                    "(pixels in [0,1], 28x28 = 784-d): the SISS/ReTrack T-shirt frequency")
+
+
+def tshirt_distance(samples: Tensor, forget_image: Tensor) -> Tensor:
+    """L2 distance of each sample to the forget image, on [0, 1] pixels."""
+    return (to_unit(samples) - to_unit(forget_image)).flatten(1).norm(dim=1)
+
+
+def tshirt_copies(samples: Tensor, forget_image: Tensor) -> Tensor:
+    """True where a sample is a copy of the T-shirt."""
+    return tshirt_distance(samples, forget_image) < TSHIRT_L2_THRESHOLD
+
+
+def tshirt_frequency(ctx: EvalContext) -> MetricValue:
+    """MNIST T-Shirt's forget rate: the fraction of generated samples that are T-shirt copies."""
+    mask = ctx.forget_mask
+    return MetricValue(float(mask.float().mean()), n_samples=len(mask), reference="the forget image",
+                       extra={"copies": int(mask.sum())}, implementation=TSHIRT_FREQUENCY)
+
+
+def _classifier_unavailable(ctx: EvalContext) -> MetricValue | None:
+    if ctx.classifier_dir is None:
+        return MetricValue(None, available=False, reason="no classifier prepared: run `run_bench.py prepare`")
+    if len(ctx.kept) < 10:
+        return MetricValue(None, n_samples=len(ctx.kept), available=False,
+                           reason=f"only {len(ctx.kept)} non-forget samples (10 splits need at least 10)")
+    return None
+
+
+def _dir_hash(folder: Path) -> str:
+    h = hashlib.sha256()
+    for f in sorted(Path(folder).iterdir()):
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+@register_metric("is_clf", higher_is_better=True, tolerance=0.05, relative=True, order=120, needs=("classifier",),
+                 implementation="Inception-Score formula on the logits of the suite's MNIST classifier, 10 splits, "
+                                "non-forget samples only (torch-fidelity isc, registered classifier extractor; max 10)")
+def is_clf(ctx: EvalContext) -> MetricValue:
+    missing = _classifier_unavailable(ctx)
+    if missing:
+        return missing
+    out = fidelity(ctx, TORCH_FIDELITY_NAME, str(ctx.classifier_dir), isc=True, fid=False,
+                   salt=_dir_hash(ctx.classifier_dir))
+    return MetricValue(out["inception_score_mean"], n_samples=len(ctx.kept), reference="none (unary)",
+                       extra={"std_over_splits": out["inception_score_std"]})
+
+
+@register_metric("fid_clf", higher_is_better=False, tolerance=0.25, relative=True, order=100, needs=("classifier",),
+                 implementation="Frechet distance of the MNIST classifier's penultimate features, non-forget samples "
+                                "vs the retain digits (torch-fidelity fid, registered classifier extractor, float64)")
+def fid_clf(ctx: EvalContext) -> MetricValue:
+    missing = _classifier_unavailable(ctx)
+    if missing:
+        return missing
+    out = fidelity(ctx, TORCH_FIDELITY_NAME, str(ctx.classifier_dir), isc=False, fid=True,
+                   salt=_dir_hash(ctx.classifier_dir))
+    return MetricValue(out["frechet_inception_distance"], n_samples=len(ctx.kept),
+                       reference=fid_reference(ctx).describe())

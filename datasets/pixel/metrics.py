@@ -1,0 +1,92 @@
+"""The injection metrics of the pixel tasks (CIFAR-10, CelebA-HQ): the forget image noised to t = 250,
+then denoised by the unlearned model; a copy is judged by SSCD or by pixel distance."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from unlearnbench.datasets.pixel.injection import INJECTION_T, denoise_injections, rms_distance
+from unlearnbench.metrics import EvalContext, MetricValue, register_metric
+from unlearnbench.neighbours import cached_knn_search
+from unlearnbench.paths import cache_root
+from unlearnbench.sscd import COPY_THRESHOLD, SSCD_MISSING, sscd_model, sscd_similarity
+
+
+def injection_passes(tier_eval: dict[str, Any]) -> tuple[float, float]:
+    """UNet forward passes of the cell's injections (shared by every injection metric), none backward."""
+    steps = tier_eval.get("injection_steps") or INJECTION_T + 1
+    return tier_eval.get("injections", 16) * steps, 0.0
+
+
+def injections(ctx: EvalContext) -> Tensor:
+    """The cell's denoised injections (computed once, shared by sscd / forget_rate / forget_rate_pixel)."""
+    if "injections" not in ctx.memo:
+        ctx.memo["injections"] = denoise_injections(
+            ctx.model, ctx.forget_image, n=ctx.tier_eval.get("injections", 16), seed=ctx.seed, device=ctx.device,
+            steps=ctx.tier_eval.get("injection_steps"))
+    return ctx.memo["injections"]
+
+
+def _injection_note(ctx: EvalContext) -> str:
+    steps = ctx.tier_eval.get("injection_steps")
+    return (f"{ctx.tier_eval.get('injections', 16)} seeded injections: the forget image noised to t = 250, "
+            f"denoised by DDPM {'250 -> 0, every step' if steps is None else f'250 -> 0 in {steps} steps'}")
+
+
+def sscd_similarities(ctx: EvalContext) -> Tensor | None:
+    """SSCD cosine similarity of each injection output to the forget image (None without SSCD weights)."""
+    if not ctx.weights.get("sscd"):
+        return None
+    if "sscd" not in ctx.memo:
+        ctx.memo["sscd"] = sscd_similarity(sscd_model(ctx), injections(ctx), ctx.forget_image)
+    return ctx.memo["sscd"]
+
+
+@register_metric("sscd", higher_is_better=False, tolerance=0.05, order=60, passes=injection_passes,
+                 implementation="mean SSCD cosine similarity (sscd_disc_mixup descriptors) between the forget image "
+                                "and its injections denoised by the unlearned model (protocols.md §4)")
+def sscd(ctx: EvalContext) -> MetricValue:
+    sims = sscd_similarities(ctx)
+    if sims is None:
+        return MetricValue(None, available=False, reason=SSCD_MISSING)
+    return MetricValue(float(sims.mean()), n_samples=len(sims), reference="the forget image",
+                       extra={"definition": _injection_note(ctx), "std": float(sims.std()) if len(sims) > 1 else 0.0,
+                              "weights": str(ctx.weights.get("sscd"))})
+
+
+def injection_copy_rate(ctx: EvalContext) -> MetricValue:
+    """forget_rate of the injection tasks: the fraction of injections SSCD calls a copy."""
+    sims = sscd_similarities(ctx)
+    definition = (f"fraction of {_injection_note(ctx)}, whose SSCD similarity to the forget image exceeds "
+                  f"{COPY_THRESHOLD} (the copy threshold of Somepalli et al. 2023)")
+    if sims is None:
+        return MetricValue(None, available=False, reason=SSCD_MISSING + "; forget_rate_pixel is computed without it",
+                           implementation=definition)
+    copies = sims > COPY_THRESHOLD
+    return MetricValue(float(copies.float().mean()), n_samples=len(sims), reference="the forget image",
+                       extra={"copies": int(copies.sum()), "threshold": COPY_THRESHOLD}, implementation=definition)
+
+
+@register_metric("forget_rate_pixel", higher_is_better=False, tolerance=0.05, order=50, passes=injection_passes,
+                 implementation="fraction of injections (forget image noised to t = 250, denoised by the unlearned "
+                                "model) closer to the forget image than half the distance from the forget image to "
+                                "its nearest retain image (RMS distance on [0, 1] pixels); no SSCD weights needed")
+def forget_rate_pixel(ctx: EvalContext) -> MetricValue:
+    outs = injections(ctx)
+    sq, index = cached_knn_search(ctx.forget_image, ctx.retain, min(64, len(ctx.retain)), cache_root() / "knn")
+    dims = ctx.forget_image[0].numel()
+    nearest = (sq[0] / dims).sqrt() / 2  # squared L2 on [−1, 1] pixels -> RMS on [0, 1] pixels
+    threshold = float(nearest[0]) / 2
+    dist = rms_distance(outs, ctx.forget_image)
+    copies = dist < threshold
+    q = torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0], dtype=torch.float64)
+    return MetricValue(
+        float(copies.float().mean()), n_samples=len(outs), reference="the forget image",
+        extra={"copies": int(copies.sum()), "threshold_rms": threshold,
+               "nearest_retain_rms": [round(float(v), 5) for v in nearest[:10]],
+               "injection_rms_quantiles": [round(float(v), 5) for v in torch.quantile(dist.double(), q)],
+               "definition": _injection_note(ctx)})
+
+
