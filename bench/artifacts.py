@@ -121,7 +121,7 @@ class Artifacts:
             model, info = load_base_unet(source, subfolder)
             if info["weights"] == "unknown" and published:
                 info["weights"] = self.tier.base_weights
-                info["weights_basis"] = "the published checkpoint's documentation (protocols.md §3)"
+                info["weights_basis"] = "the published checkpoint's documentation (DDPM EMA weights, Ho et al. 2020)"
             return model, info
         root = self._need(BASE)
         return load_unet(root / "base" / "unet_ema"), {**self._info(root, BASE), "weights": "ema"}
@@ -267,7 +267,7 @@ def _scheduler_config(path: str, subfolder: str | None) -> tuple[dict[str, Any] 
 
 
 def check_scheduler(path: str, subfolder: str | None) -> dict[str, Any]:
-    """Fail unless the base model was trained with the schedule every method assumes (protocols.md §0)."""
+    """Fail unless the base model was trained with the schedule every method assumes (DDPM, Ho et al. 2020)."""
     from unlearnbench.diffusion import SCHEDULER_CONFIG
 
     cfg, where = _scheduler_config(path, subfolder)

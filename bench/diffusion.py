@@ -13,7 +13,7 @@ import torch
 from diffusers import DDPMScheduler, UNet2DModel
 from torch import Tensor
 
-#: The DDPM schedule of every pixel-space task (protocols.md §0).
+#: The DDPM schedule of every pixel-space task (Ho et al. 2020).
 SCHEDULER_CONFIG: dict[str, Any] = {
     "num_train_timesteps": 1000,
     "beta_start": 1e-4,

@@ -1,6 +1,6 @@
 """Negative log-likelihood in bits/dim by the probability-flow ODE (Song et al. 2021).
 
-What is computed, exactly (protocols.md §4):
+What is computed, exactly (following Song et al. 2021):
 
 * The discrete DDPM schedule (linear β from ``beta_start`` to ``beta_end`` over T steps,
   :data:`unlearnbench.diffusion.SCHEDULER_CONFIG`) is read as a VPSDE on t in [0, 1] with

@@ -121,7 +121,7 @@ class Task:
         return None
 
     def noise_schedule(self, tier: Tier) -> Any:
-        """γ_t/σ_t of the base model's training schedule (default: the pixel DDPM schedule, protocols.md §0)."""
+        """γ_t/σ_t of the base model's training schedule (default: the pixel DDPM schedule of Ho et al. 2020)."""
         from unlearnbench.diffusion import NoiseSchedule
 
         return NoiseSchedule.from_scheduler()

@@ -13,7 +13,7 @@ from torch import Tensor
 
 import unlearnbench.likelihood as lk
 
-# The protocol's VPSDE (protocols.md §4), written out here so the Gaussian stand-in does not
+# The protocol's VPSDE (Song et al. 2021), written out here so the Gaussian stand-in does not
 # borrow the code under test.
 BETA_MIN, BETA_MAX, T = 0.1, 20.0, 1000
 EPS = 1e-5

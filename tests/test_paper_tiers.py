@@ -1,4 +1,4 @@
-"""The paper tiers: exactly the published settings (protocols.md §2), printed by ``run --dry-run``;
+"""The paper tiers: exactly the published settings (ReTrack's per-dataset configs), printed by ``run --dry-run``;
 mixed precision and gradient accumulation in the shared loop."""
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from unlearnbench.registry import METHODS, TASKS, load_all
 
 load_all()
 
-#: protocols.md §2, one row per task: steps, batch, accumulation, lr, ReTrack λ, SISS C, sampler, samples.
+#: ReTrack's official configs, one row per task: steps, batch, accumulation, lr, ReTrack λ, SISS C, sampler, samples.
 PUBLISHED = {
     "mnist_tshirt": (50, 128, 1, 5e-05, 0.005, 5.0, "ddpm", 50, 50_000),
     "cifar10": (60, 128, 1, 2e-05, 0.02, 5.0, "ddpm", 1000, 10_000),

@@ -34,7 +34,7 @@ DUPLICATION = 0.01  # the T-shirt is 1% of the training set (606 / 60,606 in the
 TSHIRT_PNG = "tshirt_train_index1.png"
 FASHION_TRAIN_INDEX = 1
 
-#: The SISS MNIST UNet (protocols.md §3).
+#: The SISS MNIST UNet (Alberti et al. 2025).
 PAPER_UNET = {
     "sample_size": 28, "in_channels": 1, "out_channels": 1, "layers_per_block": 2,
     "block_out_channels": (64, 128, 256),
@@ -214,7 +214,7 @@ class MnistTShirt(Task):
                 sampler=SamplerConfig(kind="ddpm", steps=50, num_samples=50_000, batch_size=1000),
                 classifier=ClassifierRecipe(arch="resnet18", epochs=10),
                 seeds=tuple(range(10)), metrics=common_metrics,
-                description="the published protocol (protocols.md §2-§4); meant for a GPU",
+                description="the published protocol (SISS's MNIST T-Shirt, ReTrack's config); meant for a GPU",
             ),
         }
 

@@ -77,7 +77,7 @@ class CelebAHQ(PixelTask):
                 classifier=None, seeds=(0,), metrics=PIXEL_METRICS, forget_sets=FORGET_FILES,
                 eval={"injections": 1000, "injection_steps": None, "fid_reference_size": None, "nll_probes": 1,
                       "fid_reference": "all"},  # the official ReTrack evaluator's reference: the forget image included
-                description="the published protocol (protocols.md §2-§4): google/ddpm-ema-celebahq-256, seed 0 x "
+                description="the published protocol (ReTrack's config): google/ddpm-ema-celebahq-256, seed 0 x "
                             "faces 10001-10010, batch 4 x 16 accumulation, 10,000 DDPM-50 samples; the retrain "
                             "oracle is Ho et al.'s 0.5M-step recipe per face; meant for GPUs",
             ),

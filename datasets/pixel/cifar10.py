@@ -90,7 +90,7 @@ class Cifar10(PixelTask):
                 classifier=None, seeds=(0,), metrics=PIXEL_METRICS, forget_sets=FORGET_INDICES,
                 eval={"injections": 1000, "injection_steps": None, "fid_reference_size": None, "nll_probes": 1,
                       "fid_reference": "all"},  # the official ReTrack evaluator's reference: the forget image included
-                description="the published protocol (protocols.md §2-§4): google/ddpm-cifar10-32, seed 0 x forget "
+                description="the published protocol (ReTrack's config): google/ddpm-cifar10-32, seed 0 x forget "
                             "images 10000-10009, 10,000 DDPM-1000 samples; the retrain oracle is Ho et al.'s "
                             "800k-step recipe per forget image; meant for GPUs",
             ),

@@ -1,6 +1,6 @@
 """Injections: noise the forget image to t = 250 and denoise it with the unlearned model.
 
-The published CIFAR-10 / CelebA-HQ evaluation (protocols.md §4) asks whether the model still
+The published CIFAR-10 / CelebA-HQ evaluation of ReTrack (Shi et al. 2025) asks whether the model still
 reconstructs the forget image from a partly noised copy: x_250 = γ_250 a + σ_250 ε, then the
 DDPM reverse process from t = 250 down to 0. Each injection has its own seeded ε, so the N
 outputs measure how often the model returns to the forget image.

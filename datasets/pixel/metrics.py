@@ -46,7 +46,7 @@ def sscd_similarities(ctx: EvalContext) -> Tensor | None:
 
 @register_metric("sscd", higher_is_better=False, tolerance=0.05, order=60, passes=injection_passes,
                  implementation="mean SSCD cosine similarity (sscd_disc_mixup descriptors) between the forget image "
-                                "and its injections denoised by the unlearned model (protocols.md §4)")
+                                "and its injections denoised by the unlearned model (ReTrack's evaluation)")
 def sscd(ctx: EvalContext) -> MetricValue:
     sims = sscd_similarities(ctx)
     if sims is None:

@@ -1,4 +1,4 @@
-"""Metrics of the memorized-prompt Stable Diffusion task (protocols.md §4), each for both prompts.
+"""Metrics of the memorized-prompt Stable Diffusion task (as in SISS and ReTrack), each for both prompts.
 
 They read the images ``SDMemorized.generate`` returned: ``ctx.sample_sets["samples"]`` (the ORIGINAL,
 memorized prompt) and ``ctx.sample_sets["modified"]`` (the modified prompt the unlearning was conditioned
