@@ -298,8 +298,11 @@ def retrack_target_times(batch_size: int = 64, retain_size: int = 5000, k: int =
 
     This is the non-UNet work ``retrack_all`` adds to every step (softmax over |R| in float64).
     """
-    from unlearnbench.methods.retrack import retrack_target
+    import importlib
 
+    from unlearnbench.registry import METHODS
+
+    retrack_target = importlib.import_module(METHODS.get("retrack").__module__).retrack_target
     g = torch.Generator().manual_seed(seed)
     x = torch.randn((batch_size, 1, 28, 28), generator=g)
     gamma, sigma = torch.rand((batch_size, 1, 1, 1), generator=g), torch.rand((batch_size, 1, 1, 1), generator=g) + 0.1
