@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from unlearnbench.errors import ArtefactCorruptError, EnvironmentFailure
-from unlearnbench.registry import METHODS, METRICS, TASKS, UnknownNameError, load_all
+from unlearnbench.registry import METHODS, METRICS, TASKS, UnknownNameError
 from unlearnbench.validate import MAX_SEEDS, UsageError, did_you_mean
 
 DEFAULT_TASK = "mnist_tshirt_mini"
@@ -148,7 +148,6 @@ def main(argv: list[str] | None = None) -> int:
         argv = _with_command(argv)
         command = argv[0]
         args = build_parser().parse_args(argv)
-        load_all()
         commands = {"run": cmd_run, "ls": cmd_ls, "prepare": cmd_prepare, "tune": cmd_tune, "report": cmd_report,
                     "check": cmd_check}
         return commands[args.command](args)

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from unlearnbench.io import atomic_write_json
-from unlearnbench.registry import METRICS, load_all
+from unlearnbench.registry import METRICS
 from unlearnbench.results import BadRecordError, load_records
 
 BASELINE_SCHEMA = 1
@@ -272,7 +272,6 @@ def check_main(results: Path, baseline: Path, update: bool = False, alpha: float
     """Compare ``results`` with ``baseline`` (or rewrite the baseline with ``update``); the exit code:
     0 pass, 1 a regression or a missing cell, 2 unusable input (including any bad record file under
     ``results``: the comparison is still printed, but the results are incomplete)."""
-    load_all()
     results, baseline = Path(results), Path(baseline)
     if not results.is_dir():
         print(f"check: results folder {results} does not exist", file=sys.stderr)

@@ -43,8 +43,8 @@ class Metric:
     name: str
     higher_is_better: bool
     implementation: str
-    kind: str  # "sample" (needs generated images) or "cost" (reads the unlearning log)
     compute: Callable[..., MetricValue]
+    kind: str = "sample"  # "sample" (needs generated images) or "cost" (reads the unlearning log)
     version: int = 1
     #: The regression gate's slack: a change worse than this (absolute, or relative to the baseline
     #: mean when ``relative``) fails; None: informational only (e.g. machine-dependent wall-clock).
@@ -57,24 +57,23 @@ class Metric:
     #: UNet passes the metric adds to a cell beyond sampling: ``(tier_eval) -> (forward, forward+backward)``
     #: per sample (the dry run's cost estimate); None: none.
     passes: Callable[[dict[str, Any]], tuple[float, float]] | None = None
+    #: A fraction, shown in % (and its differences in percentage points) by tables and leaderboards.
+    percent: bool = False
+    #: Decimals tables show (percent metrics: of the percentage).
+    digits: int = 2
+    #: Leaderboards show its difference to the reference rows (before unlearning, the oracle).
+    deltas: bool = False
 
 
-def register_metric(name: str, *, higher_is_better: bool, implementation: str, kind: str = "sample",
-                    version: int = 1, tolerance: float | None = None, relative: bool = False, order: int = 1000,
-                    needs: tuple[str, ...] = (), passes: Callable[[dict[str, Any]], tuple[float, float]] | None = None,
-                    ) -> Callable[[Callable[..., MetricValue]], Callable[..., MetricValue]]:
-    """Register the decorated ``compute`` function as metric ``name`` (see ``Metric`` for the fields)."""
+def register_metric(name: str, **fields: Any) -> Callable[[Callable[..., MetricValue]], Callable[..., MetricValue]]:
+    """Register the decorated ``compute`` function as metric ``name`` with ``fields`` (those of ``Metric``:
+    ``higher_is_better`` and ``implementation`` are required)."""
 
     def decorator(fn: Callable[..., MetricValue]) -> Callable[..., MetricValue]:
-        METRICS.add(name, Metric(name, higher_is_better, implementation, kind, fn, version, tolerance, relative,
-                                 order, needs, passes))
+        METRICS.add(name, Metric(name=name, compute=fn, **fields))
         return fn
 
     return decorator
-
-
-#: Metrics that are fractions, shown in % by tables and leaderboards (one place for both).
-PERCENT_METRICS = frozenset({"forget_rate", "forget_rate_pixel", "forget_rate_modified", "success", "success_modified"})
 
 
 @dataclass
@@ -340,7 +339,7 @@ def _reference_hash(ref: _Subset, salt: str) -> str:
     return h.hexdigest()[:24]
 
 
-@register_metric("forget_rate", higher_is_better=False, tolerance=0.01, order=10,
+@register_metric("forget_rate", higher_is_better=False, tolerance=0.01, order=10, percent=True, digits=1, deltas=True,
                  implementation="task-defined (each value records its definition in its implementation)")
 def forget_rate(ctx: EvalContext) -> MetricValue:
     """The task's forget rate: each task defines what counts as remembering its forget set."""
@@ -380,7 +379,7 @@ def _online() -> bool:
         return False
 
 
-@register_metric("fid", higher_is_better=False, tolerance=0.10, relative=True, order=110,
+@register_metric("fid", higher_is_better=False, tolerance=0.10, relative=True, order=110, deltas=True,
                  implementation="Inception-v3 FID (torch-fidelity inception-v3-compat, 2048-d pool features; grayscale "
                                 "repeated to 3 channels), non-forget samples vs the training (retain) images")
 def fid(ctx: EvalContext) -> MetricValue:
@@ -474,7 +473,7 @@ def _cost_metric(key: str, name: str, implementation: str, order: int, tolerance
     def compute(log: Any) -> MetricValue:
         return MetricValue(float(getattr(log, key)))
 
-    METRICS.add(name, Metric(name, False, implementation, "cost", compute, tolerance=tolerance, order=order))
+    METRICS.add(name, Metric(name, False, implementation, compute, "cost", tolerance=tolerance, order=order, digits=1))
 
 
 _cost_metric("seconds", "unlearn_seconds", "wall-clock of the unlearning method only (evaluation excluded, CUDA "
@@ -495,4 +494,4 @@ def _deletion_step(log: Any) -> MetricValue:
 
 
 METRICS.add("deletion_step", Metric("deletion_step", False, "first unlearning step at which the forget rate "
-            "(evaluated every --eval-every steps) is 0", "cost", _deletion_step, order=160))
+            "(evaluated every --eval-every steps) is 0", _deletion_step, "cost", order=160, digits=1))

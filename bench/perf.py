@@ -154,11 +154,10 @@ def run_method_steps(name: str, retain: Tensor, forget: Tensor, steps: int = 10,
     """
     from unlearnbench.loop import LoopConfig, finetune
     from unlearnbench.method import FineTuneMethod, UnlearnJob
-    from unlearnbench.registry import METHODS, load_all
+    from unlearnbench.registry import METHODS
 
     if warmup < 1:
         raise ValueError("warmup must be at least 1 (the first step has no previous time stamp)")
-    load_all()
     cls = METHODS.get(name)
     method = cls()
     if not isinstance(method, FineTuneMethod):

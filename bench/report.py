@@ -28,14 +28,12 @@ from tabulate import tabulate
 
 from unlearnbench import figures
 from unlearnbench.io import atomic_write_text
-from unlearnbench.registry import METHODS
+from unlearnbench.registry import METHODS, METRICS
 from unlearnbench.results import BadRecordError, load_records, record_name
 from unlearnbench.table import (
-    PERCENT, Row, _flatten, arrow, build_rows, cell, method_rank, metric_columns, num, references, role,
+    Row, _flatten, arrow, build_rows, cell, method_rank, metric_columns, num, percent, references, role,
 )
 
-#: Sample-quality metrics that get Δ-to-reference columns.
-QUALITY = ("forget_rate", "fid_clf", "fid", "is_clf")
 FIGURE_KINDS = ("tradeoff", "samples", "forget_curve")
 TITLE = "unlearnbench leaderboard"
 
@@ -173,8 +171,8 @@ def _build_group(task: str, tier: str, items: list[tuple[dict[str, Any], Path | 
         if len(refs) > 1:
             notes.append(f"several {ref} rows: Δ vs {ref} compares with {refs[0].label}")
     present = [ref for ref in all_refs if any(r.method == ref for r in rows)]
-    for m in QUALITY:
-        if m in metrics and any(r.stats[m][2] for r in rows):
+    for m in (m for m in metrics if m in METRICS and METRICS.get(m).deltas):  # as each metric declares
+        if any(r.stats[m][2] for r in rows):
             deltas += [(m, ref) for ref in present]
 
     header = _header(task, ok, rows)
@@ -229,7 +227,7 @@ def _deltacell(row: Row, ref: Row | None, metric: str) -> str:
     if ref is row:
         return "—"
     d = _delta(row, ref, metric)
-    return "n/a" if np.isnan(d) else num(d, metric, signed=True) + (" pp" if metric in PERCENT else "")
+    return "n/a" if np.isnan(d) else num(d, metric, signed=True) + (" pp" if percent(metric) else "")
 
 
 def _ref(group: Group, method: str) -> Row | None:

@@ -17,10 +17,8 @@ from typing import Any, Iterable
 import numpy as np
 from tabulate import tabulate
 
-from unlearnbench.metrics import PERCENT_METRICS
 from unlearnbench.registry import METHODS, METRICS
 
-PERCENT = PERCENT_METRICS
 RUN_KEYS = ("seed", "forget_set")  # what distinguishes the runs averaged in one row
 Item = tuple[dict[str, Any], "Path | None"]  # a record and the file it came from
 
@@ -137,14 +135,15 @@ def build_rows(items: list[Item], metrics: list[str]) -> tuple[list[Row], list[s
     return rows, notes
 
 
-def digits(metric: str) -> int:
-    return 1 if metric in PERCENT or metric.startswith("unet_") or metric in ("unlearn_seconds", "deletion_step") else 2
+def percent(metric: str) -> bool:
+    """Whether ``metric`` is a fraction shown in % (as its registration declares; unknown metrics are not)."""
+    return metric in METRICS and METRICS.get(metric).percent
 
 
 def num(value: float, metric: str, signed: bool = False) -> str:
-    """A number as tables show it (percent metrics in %, fixed digits, never "-0.0")."""
-    d = digits(metric)
-    x = round(value * (100 if metric in PERCENT else 1), d) + 0.0  # + 0.0: no "-0.0"
+    """A number as tables show it (percent metrics in %, the metric's decimals, never "-0.0")."""
+    d = METRICS.get(metric).digits if metric in METRICS else 2
+    x = round(value * (100 if percent(metric) else 1), d) + 0.0  # + 0.0: no "-0.0"
     return f"{x:+.{d}f}" if signed else f"{x:.{d}f}"
 
 
@@ -154,7 +153,7 @@ def cell(row: Row, metric: str) -> str:
     if n == 0:
         return "n/a"
     text = num(mean, metric) + (f" ± {num(std, metric)}" if n > 1 else "")
-    return text + ("%" if metric in PERCENT else "")
+    return text + ("%" if percent(metric) else "")
 
 
 # ------------------------------------------------------------------------------ the run's table

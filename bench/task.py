@@ -35,7 +35,7 @@ class TrainRecipe:
 
 @dataclass(frozen=True)
 class ClassifierRecipe:
-    """The MNIST classifier behind is_clf / fid_clf."""
+    """A tier's domain classifier (MNIST T-Shirt: behind is_clf / fid_clf), trained by ``Task.train_classifier``."""
 
     arch: str  # "small_cnn" or "resnet18"
     epochs: int

@@ -28,7 +28,7 @@ def tshirt_copies(samples: Tensor, forget_image: Tensor) -> Tensor:
 
 def tshirt_frequency(ctx: EvalContext) -> MetricValue:
     """MNIST T-Shirt's forget rate: the fraction of generated samples that are T-shirt copies."""
-    mask = ctx.forget_mask
+    mask = tshirt_copies(ctx.samples, ctx.forget_image)
     return MetricValue(float(mask.float().mean()), n_samples=len(mask), reference="the forget image",
                        extra={"copies": int(mask.sum())}, implementation=TSHIRT_FREQUENCY)
 
@@ -49,7 +49,7 @@ def _dir_hash(folder: Path) -> str:
     return h.hexdigest()[:16]
 
 
-@register_metric("is_clf", higher_is_better=True, tolerance=0.05, relative=True, order=120, needs=("classifier",),
+@register_metric("is_clf", higher_is_better=True, tolerance=0.05, relative=True, order=120, needs=("classifier",), deltas=True,
                  implementation="Inception-Score formula on the logits of the suite's MNIST classifier, 10 splits, "
                                 "non-forget samples only (torch-fidelity isc, registered classifier extractor; max 10)")
 def is_clf(ctx: EvalContext) -> MetricValue:
@@ -62,7 +62,7 @@ def is_clf(ctx: EvalContext) -> MetricValue:
                        extra={"std_over_splits": out["inception_score_std"]})
 
 
-@register_metric("fid_clf", higher_is_better=False, tolerance=0.25, relative=True, order=100, needs=("classifier",),
+@register_metric("fid_clf", higher_is_better=False, tolerance=0.25, relative=True, order=100, needs=("classifier",), deltas=True,
                  implementation="Frechet distance of the MNIST classifier's penultimate features, non-forget samples "
                                 "vs the retain digits (torch-fidelity fid, registered classifier extractor, float64)")
 def fid_clf(ctx: EvalContext) -> MetricValue:

@@ -70,6 +70,7 @@ def injection_copy_rate(ctx: EvalContext) -> MetricValue:
 
 
 @register_metric("forget_rate_pixel", higher_is_better=False, tolerance=0.05, order=50, passes=injection_passes,
+                 percent=True, digits=1,
                  implementation="fraction of injections (forget image noised to t = 250, denoised by the unlearned "
                                 "model) closer to the forget image than half the distance from the forget image to "
                                 "its nearest retain image (RMS distance on [0, 1] pixels); no SSCD weights needed")

@@ -123,21 +123,23 @@ def sscd_memorized_of(ctx: EvalContext, which: str) -> MetricValue:
                        extra={"max": float(sims.max())})
 
 
-@register_metric("forget_rate_modified", higher_is_better=False, tolerance=0.01, order=20,
+@register_metric("forget_rate_modified", higher_is_better=False, tolerance=0.01, order=20, percent=True, digits=1,
                  implementation=FORGET_RATE_IMPLEMENTATION.format(which="modified prompt"))
 def forget_rate_modified(ctx: EvalContext) -> MetricValue:
     return forget_rate_of(ctx, "modified")
 
 
 def _register_for_both_prompts(name: str, of: Any, template: str, higher_is_better: bool, order: int,
-                               tolerance: float | None = None) -> None:
+                               tolerance: float | None = None, percent: bool = False) -> None:
     """``name`` scores the original prompt's samples, ``name_modified`` the modified prompt's (next column)."""
     for which, suffix, column in (("samples", "", order), ("modified", "_modified", order + 10)):
         register_metric(name + suffix, higher_is_better=higher_is_better, tolerance=tolerance, order=column,
+                        percent=percent, digits=1 if percent else 2,
                         implementation=template.format(which=PROMPT_SETS[which]))(functools.partial(of, which=which))
 
 
-_register_for_both_prompts("success", success_of, SUCCESS_IMPLEMENTATION, higher_is_better=True, order=30)
+_register_for_both_prompts("success", success_of, SUCCESS_IMPLEMENTATION, higher_is_better=True, order=30,
+                           percent=True)
 _register_for_both_prompts("clip_iqa", clip_iqa_of, CLIP_IQA_IMPLEMENTATION, higher_is_better=True, order=140,
                            tolerance=0.02)
 _register_for_both_prompts("sscd_memorized", sscd_memorized_of, SSCD_IMPLEMENTATION, higher_is_better=False,
