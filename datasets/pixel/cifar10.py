@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from unlearnbench.imagesets import read_cifar_batch, uint8_to_model
+from unlearnbench.datasets.pixel.cifar_batches import read_cifar_batch
+from unlearnbench.imagesets import uint8_to_model
 from unlearnbench.loop import LoopConfig
 from unlearnbench.datasets.pixel.task import PIXEL_METRICS, PixelTask, smoke_tier
 from unlearnbench.protocols import CIFAR10
