@@ -607,7 +607,8 @@ def check_executor_options(name: str, options: dict[str, Any]) -> None:
 
     cls = EXECUTORS.get(name)
     if cls is None:
-        raise UsageError(f"unknown executor {name!r}; {did_you_mean(name, EXECUTORS)}choose one of {', '.join(EXECUTORS)}")
+        raise UsageError(f"unknown executor {name!r}; {did_you_mean(name, EXECUTORS)}"
+                         f"choose one of {', '.join(EXECUTORS)}")
     accepted = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
     stray = sorted(set(options) - set(accepted))
     if stray:

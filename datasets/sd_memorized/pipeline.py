@@ -417,7 +417,8 @@ def read_prompt_folder(folder: Path) -> PromptFolder:
         raise DataMissingError(
             f"prompt folder {folder} lacks {', '.join(missing)}. Build prompt folders with\n"
             f"  python run_bench.py prepare --task sd_memorized --prompts FILE --data-root {folder.parent}\n"
-            f"or convert the published ReTrack/SISS data with unlearnbench.sd.convert_published")
+            f"or convert the published ReTrack/SISS data with\n"
+            f"  unlearnbench.datasets.sd_memorized.pipeline.convert_published")
     meta = json.loads((folder / "prompt.json").read_text(encoding="utf-8"))
     if meta.get("format") != FOLDER_FORMAT:
         raise ValueError(f"{folder / 'prompt.json'}: format {meta.get('format')!r}, expected {FOLDER_FORMAT!r}")
