@@ -127,9 +127,9 @@ def run_cell(env: CellEnv, plan: CellPlan, data: TaskData, base: Any, base_info:
 
 
 def eval_context(env: CellEnv, sets: dict[str, torch.Tensor], data: TaskData, model: Any, seed: int,
-                 artifacts: Any) -> EvalContext:
-    """What the sample metrics compare the generated sets with."""
-    needs = {need for name in env.metric_names for need in METRICS.get(name).needs}
+                 artifacts: Any = None) -> EvalContext:
+    """What the sample metrics compare the generated sets with (``artifacts``: the prepared ones they need)."""
+    needs = {need for name in env.metric_names for need in METRICS.get(name).needs} if artifacts else set()
     return EvalContext(sample_sets=sets, forget_image=data.forget_image, retain=data.retain,
                        classifier_dir=artifacts.classifier_dir() if "classifier" in needs else None,
                        cache_dir=env.cache_dir, device=env.device, task=env.task, data=data, model=model,
@@ -158,9 +158,7 @@ def _step_evaluator(env: CellEnv, seed: int, data: TaskData) -> Callable[[int, A
             return None
         sets = env.task.generate(model, eval_sampler, seed, env.device, data, False)
         assert_finite_samples(sets)
-        ctx = EvalContext(sample_sets=sets, forget_image=data.forget_image, retain=data.retain, classifier_dir=None,
-                          cache_dir=env.cache_dir, device=env.device, task=env.task, data=data, model=model,
-                          seed=seed, tier_eval=env.tier.eval, weights=env.weights)
+        ctx = eval_context(env, sets, data, model, seed)
         return {"forget_rate": METRICS.get("forget_rate").compute(ctx).value, "n_samples": len(sets["samples"])}
 
     return evaluate
