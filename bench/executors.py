@@ -243,7 +243,8 @@ class PoolExecutor(Executor):
 
         import torch
 
-        from unlearnbench.runner import remove_stale_temporaries, resolve_device
+        from unlearnbench.devices import resolve_device
+        from unlearnbench.io import remove_orphan_temporaries
 
         if not digests:
             return
@@ -341,7 +342,7 @@ class PoolExecutor(Executor):
             self._live.clear()
         self.stats["lost"] = len(lost)
         _write_lost(bench, plans, lost)
-        remove_stale_temporaries(bench.out / "records")  # left by a worker killed mid-write
+        remove_orphan_temporaries(bench.out / "records")  # left by a worker killed mid-write
         _raise_first(errors, plans)
 
 
@@ -613,7 +614,8 @@ def check_executor_options(name: str, options: dict[str, Any]) -> None:
     stray = sorted(set(options) - set(accepted))
     if stray:
         raise UsageError(f"{FLAGS.get(stray[0], stray[0])} does not apply to --executor {name}")
-    if any((options.get(k) or 1) < 1 for k in ("workers", "threads")) or (options.get("max_retries") or 0) < 0:
+    if any(options.get(k) is not None and options[k] < 1 for k in ("workers", "threads")) or \
+            (options.get("max_retries") is not None and options["max_retries"] < 0):
         raise UsageError("--workers and --threads must be at least 1, --max-retries at least 0")
 
 

@@ -185,7 +185,8 @@ def _submodules(package: str, packages_only: bool) -> list[str]:
 def _discover_methods(registry: Registry) -> None:
     """Every module of ``unlearnbench.methods`` is one method, named after its file."""
     for name in _submodules("unlearnbench.methods", packages_only=False):
-        registry.add_lazy(name, f"unlearnbench.methods.{name}")
+        if name not in registry._entries:  # a method module imported directly has registered itself already
+            registry.add_lazy(name, f"unlearnbench.methods.{name}")
 
 
 def import_task_packages() -> None:

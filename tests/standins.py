@@ -72,7 +72,7 @@ def write_standin_classifier(folder: Path) -> Path:
 
     from safetensors.torch import save_file
 
-    from unlearnbench.classifier import build_classifier
+    from unlearnbench.datasets.mnist_tshirt.classifier import build_classifier
 
     torch.manual_seed(0)
     folder.mkdir(parents=True, exist_ok=True)

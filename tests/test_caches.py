@@ -19,9 +19,10 @@ import torch_fidelity
 
 import unlearnbench.neighbours as nb
 from unlearnbench import metrics
-from unlearnbench.classifier import TORCH_FIDELITY_NAME
+from unlearnbench.datasets.mnist_tshirt.classifier import TORCH_FIDELITY_NAME
 from unlearnbench.metrics import EvalContext, _Images, fid_reference
-from unlearnbench.registry import METRICS, load_all
+from unlearnbench.registry import METRICS, TASKS, load_all
+from unlearnbench.task import TaskData
 
 from tests.standins import write_standin_classifier, write_standin_inception
 
@@ -52,11 +53,14 @@ def _images(n: int, seed: int) -> torch.Tensor:
 
 
 def _ctx(tmp_path: Path, clf: Path | None, **kw: Any) -> EvalContext:
-    """150 samples of which 30 are forget copies (quality skips them), 300 retain images."""
+    """150 samples of which 30 are forget copies (MNIST T-Shirt's criterion: quality skips them), 300 retain images."""
     forget = torch.ones(1, 1, 28, 28)
     samples = torch.cat([_images(150, 2), forget.repeat(30, 1, 1, 1)])
-    return EvalContext(samples=samples, forget_image=forget, retain=_images(300, 3), classifier_dir=clf,
-                       cache_dir=tmp_path / "cache", device=torch.device("cpu"), **kw)
+    retain = _images(300, 3)
+    data = TaskData(retain=retain, forget=forget.repeat(3, 1, 1, 1), forget_image=forget, source={"kind": "test"})
+    return EvalContext(sample_sets={"samples": samples}, forget_image=forget, retain=retain, classifier_dir=clf,
+                       cache_dir=tmp_path / "cache", device=torch.device("cpu"),
+                       task=TASKS.get("mnist_tshirt_mini"), data=data, **kw)
 
 
 def _classifier_values(ctx: EvalContext) -> tuple[float, float, float]:
@@ -104,13 +108,17 @@ def test_inception_fid_and_is_equal_torch_fidelity_uncached(tmp_path: Path, monk
     weights = str(write_standin_inception(tmp_path / "weights"))
     forget = torch.ones(1, 1, 28, 28)
     samples = torch.cat([_images(10, 5), forget])  # Inception runs at 299 x 299: as few images as IS allows
+    retain = _images(20, 6)
+    data = TaskData(retain=retain, forget=forget, forget_image=forget, source={"kind": "test"})
 
     def ctx() -> EvalContext:
-        return EvalContext(samples=samples, forget_image=forget, retain=_images(20, 6), classifier_dir=None,
-                           cache_dir=tmp_path / "cache", device=torch.device("cpu"), inception_weights=weights,
+        return EvalContext(sample_sets={"samples": samples}, forget_image=forget, retain=retain,
+                           classifier_dir=None, cache_dir=tmp_path / "cache", device=torch.device("cpu"),
+                           weights={"inception": weights}, task=TASKS.get("mnist_tshirt_mini"), data=data,
                            tier_eval={"fid_reference_size": 5, "fid_feature_layer": "64"})
 
     first = ctx()
+    assert len(first.kept) == 10  # the forget copy is not scored
     expected = torch_fidelity.calculate_metrics(
         input1=_Images(first.kept, 3), input2=_Images(fid_reference(first), 3), feature_extractor="inception-v3-compat",
         feature_extractor_weights_path=weights, feature_layer_fid="64", **FIDELITY)

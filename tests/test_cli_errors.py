@@ -34,7 +34,7 @@ def no_work(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     def started(self: Benchmark, *args: object) -> None:
         raise AssertionError("the run started working instead of rejecting its input")
 
-    monkeypatch.setattr(Benchmark, "_prepare_base", started)  # the first training a run may do
+    monkeypatch.setattr(Benchmark, "ensure_prepared", started)  # the first training a run may do
     monkeypatch.setattr(Benchmark, "_dispatch", started)  # running cells
     monkeypatch.chdir(tmp_path)
 
@@ -225,7 +225,7 @@ def _run_mnist(root: Path, tmp_path: Path) -> list[str]:
 
 @pytest.fixture
 def offline(monkeypatch: pytest.MonkeyPatch) -> None:
-    import unlearnbench.datasets.mnist_tshirt as mnist_tshirt
+    import unlearnbench.datasets.mnist_tshirt.task as mnist_tshirt
 
     monkeypatch.setattr(mnist_tshirt, "_download", lambda root: pytest.fail("must not download"))
 
@@ -288,7 +288,8 @@ def test_a_corrupt_celeba_jpeg_is_named(tmp_path: Path, capsys: pytest.CaptureFi
 
 
 def test_image_folder_and_cifar_readers_name_the_bad_file(tmp_path: Path) -> None:
-    from unlearnbench.imagesets import ImageFolderSet, read_cifar_batch
+    from unlearnbench.datasets.pixel.cifar_batches import read_cifar_batch
+    from unlearnbench.imagesets import ImageFolderSet
 
     bad = tmp_path / "00001.jpg"
     bad.write_bytes(b"GIF89a nope")

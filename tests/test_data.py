@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-import unlearnbench.datasets.mnist_tshirt
+import unlearnbench.datasets.mnist_tshirt.task
 from unlearnbench.datasets.mnist_tshirt import draw_tshirt, load_fashion_tshirt, load_mnist_idx, to_model_space
 from unlearnbench.io import md5_of, read_bytes, read_idx, write_idx
 from unlearnbench.registry import TASKS
@@ -158,7 +158,7 @@ def _check_idx_task(root: Path, digits: np.ndarray, labels: np.ndarray, image_fi
 
 def test_mnist_tshirt_task_torchvision_layout(tmp_path: Path, mini_digits, monkeypatch) -> None:
     _need(TSHIRT_PNG)
-    monkeypatch.setattr(unlearnbench.datasets.mnist_tshirt, "_download",
+    monkeypatch.setattr(unlearnbench.datasets.mnist_tshirt.task, "_download",
                         lambda root: pytest.fail("must not download when the files are present"))
     digits, labels = mini_digits[0][:200], mini_digits[1][:200]
     raw = tmp_path / "MNIST" / "raw"
@@ -173,7 +173,7 @@ def test_mnist_tshirt_task_torchvision_layout(tmp_path: Path, mini_digits, monke
 
 def test_mnist_tshirt_task_flat_layout(tmp_path: Path, mini_digits, monkeypatch) -> None:
     _need(TSHIRT_PNG)
-    monkeypatch.setattr(unlearnbench.datasets.mnist_tshirt, "_download",
+    monkeypatch.setattr(unlearnbench.datasets.mnist_tshirt.task, "_download",
                         lambda root: pytest.fail("must not download when the files are present"))
     digits, labels = mini_digits[0][1000:1300], mini_digits[1][1000:1300]
     write_idx(tmp_path / "train-images-idx3-ubyte", digits)
@@ -199,7 +199,7 @@ def test_mnist_tshirt_task_after_torchvision_download_layout(tmp_path: Path, min
     def no_download(root: Path) -> None:  # offline; the files are all there anyway
         raise OSError("must not need to download when the files are present")
 
-    monkeypatch.setattr(unlearnbench.datasets.mnist_tshirt, "_download", no_download)
+    monkeypatch.setattr(unlearnbench.datasets.mnist_tshirt.task, "_download", no_download)
     digits, labels = mini_digits[0][:100], mini_digits[1][:100]
     for sub in ("MNIST", "FashionMNIST"):
         (tmp_path / sub / "raw").mkdir(parents=True)
@@ -220,7 +220,7 @@ def test_missing_data_names_the_files_and_the_command(tmp_path: Path, monkeypatc
         calls.append(Path(root))
         raise OSError("network is unreachable")
 
-    monkeypatch.setattr(unlearnbench.datasets.mnist_tshirt, "_download", offline)
+    monkeypatch.setattr(unlearnbench.datasets.mnist_tshirt.task, "_download", offline)
     with pytest.raises(DataMissingError) as info:
         TASKS.get("mnist_tshirt").load(tmp_path)
     assert calls == [tmp_path]  # the download was attempted, into the data root
@@ -231,7 +231,7 @@ def test_missing_data_names_the_files_and_the_command(tmp_path: Path, monkeypatc
 
 def test_missing_data_is_a_file_not_found_error(tmp_path: Path, monkeypatch) -> None:
     """Whatever the message, the CLI catches it (FileNotFoundError -> exit 2), and nothing is written."""
-    monkeypatch.setattr(unlearnbench.datasets.mnist_tshirt, "_download",
+    monkeypatch.setattr(unlearnbench.datasets.mnist_tshirt.task, "_download",
                         lambda root: (_ for _ in ()).throw(OSError("offline")))
     with pytest.raises(FileNotFoundError):
         TASKS.get("mnist_tshirt").load(tmp_path)

@@ -13,9 +13,11 @@ from typing import Any, Callable
 import pytest
 import torch
 
-from unlearnbench.executors import PoolExecutor, get_executor
+from unlearnbench.executors import PoolExecutor, check_executor_options, get_executor
 from unlearnbench.results import load_records
-from unlearnbench.runner import Benchmark, RunOptions
+from unlearnbench.runner import Benchmark
+from unlearnbench.settings import RunOptions
+from unlearnbench.validate import UsageError
 
 GRID = dict(task="mnist_tshirt_mini", tier="smoke", methods=["naive_deletion", "retrack"], seeds=[0, 1], progress=False)
 COMPARED = ("forget_rate", "is_clf", "fid_clf", "unet_forward", "unet_backward")
@@ -99,13 +101,23 @@ def _kill_a_busy_worker_mid_grid(run: Callable[[], None], out: Path, pid_dir: Pa
 
 
 def test_unknown_executor_or_option_is_a_helpful_error() -> None:
-    with pytest.raises(ValueError, match="Did you mean 'pool'"):
+    with pytest.raises(UsageError, match="did you mean 'pool'"):
         get_executor("pol")
-    with pytest.raises(ValueError, match="choose one of local, pool, ray"):
+    with pytest.raises(UsageError, match="choose one of local, pool, ray"):
         get_executor("slurm")
-    with pytest.raises(ValueError, match=r"takes no option\(s\) \['ray_address'\]"):
+    with pytest.raises(UsageError, match="ray_address does not apply to --executor pool"):
         get_executor("pool", ray_address="x")
+    with pytest.raises(UsageError, match="--ray-address does not apply to --executor pool"):
+        get_executor("pool", address="x")  # an option of another executor is named by its flag
     assert get_executor("pool", workers=3).workers == 3
+
+
+@pytest.mark.parametrize("options", [{"workers": 0}, {"threads": 0}, {"max_retries": -1}])
+def test_executor_options_out_of_range_are_usage_errors(options: dict[str, int]) -> None:
+    with pytest.raises(UsageError, match="at least"):
+        check_executor_options("pool", options)
+    with pytest.raises(UsageError, match="at least"):
+        get_executor("pool", **options)  # get_executor checks too
 
 
 def test_ray_missing_says_how_to_install(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch_fidelity
-from unlearnbench.classifier import TORCH_FIDELITY_NAME
+from unlearnbench.datasets.mnist_tshirt.classifier import TORCH_FIDELITY_NAME
 from unlearnbench.metrics import EvalContext, _Images
 from unlearnbench.registry import METRICS, TASKS, load_all
 
@@ -26,7 +26,7 @@ def _ctx(tmp_path: Path, clf: Path, reference: str | None) -> EvalContext:
     retain = torch.rand((40, 1, 28, 28), generator=g) * 2 - 1
     samples = torch.rand((60, 1, 28, 28), generator=g) * 2 - 1
     tier_eval = {} if reference is None else {"fid_reference": reference}
-    return EvalContext(samples=samples, forget_image=forget, retain=retain, classifier_dir=clf,
+    return EvalContext(sample_sets={"samples": samples}, forget_image=forget, retain=retain, classifier_dir=clf,
                        cache_dir=tmp_path / "cache", device=torch.device("cpu"), tier_eval=tier_eval,
                        data=SimpleNamespace(forget=forget.repeat(3, 1, 1, 1)))
 

@@ -11,7 +11,6 @@ import pytest
 import torch
 from diffusers import DDPMScheduler, UNet2DModel
 
-import unlearnbench.methods  # noqa: F401  (registers every method)
 from unlearnbench.diffusion import NoiseSchedule, make_scheduler
 from unlearnbench.loop import Batch, LoopConfig, StepContext, finetune, step_direction
 from unlearnbench.method import UnlearnJob
@@ -23,6 +22,7 @@ from unlearnbench.methods.retrack_all import ReTrackAll
 from unlearnbench.methods.siss import SISS, SISSHparams, siss_log_weights
 from unlearnbench.methods.siss_no_is import SISSNoIS, SISSNoISHparams
 from unlearnbench.neighbours import knn_search
+from unlearnbench.protocols import MNIST_TSHIRT
 from unlearnbench.registry import METHODS
 
 CPU = torch.device("cpu")
@@ -454,7 +454,7 @@ def test_retrack_step_loss_matches_direct(name):
 
 def test_retrack_all_setup_is_whole_retain_set():
     retain = torch.rand((9, 1, 2, 2))
-    state = ReTrackAll().setup(make_job(retain, retain[:2] + 5, ReTrackAll().hparams("mnist_tshirt")))
+    state = ReTrackAll().setup(make_job(retain, retain[:2] + 5, ReTrackAll().hparams(MNIST_TSHIRT)))
     assert torch.equal(state, retain.flatten(1))
 
 
@@ -516,7 +516,7 @@ def test_naive_deletion_is_retain_ddpm_loss_only():
     x, a = tiny_data(5)
     idx = torch.zeros(4, dtype=torch.long)
     with torch.no_grad():
-        got = NaiveDeletion().loss(make_ctx(model, NaiveDeletion().hparams("mnist_tshirt"), 8), Batch(x, a, idx))
+        got = NaiveDeletion().loss(make_ctx(model, NaiveDeletion().hparams(MNIST_TSHIRT), 8), Batch(x, a, idx))
         other = NaiveDeletion().loss(make_ctx(model, None, 8), Batch(x, torch.randn_like(a) * 3, idx))
         ref = ddpm_loss_replica(model, x, 8)
     assert float(got) == pytest.approx(float(ref), rel=1e-10)
@@ -546,6 +546,8 @@ FINETUNE_METHODS = [name for name in METHODS.names() if getattr(METHODS.get(name
 def test_registry_has_the_fine_tuning_methods():
     assert set(FINETUNE_METHODS) >= {"naive_deletion", "neggrad", "erasediff", "siss", "siss_no_is", "retrack", "retrack_all"}
     assert not METHODS.get("pretrain").finetunes and not METHODS.get("retrain").finetunes
+    # the reference rows (the model before unlearning, the oracle) do not fine-tune
+    assert all(not METHODS.get(n).finetunes for n in METHODS.names() if METHODS.get(n).role != "unlearning")
 
 
 def run_method(name, seed=0):
@@ -553,7 +555,7 @@ def run_method(name, seed=0):
     retain = torch.rand((32, 1, 8, 8), generator=g) * 2 - 1
     forget = (torch.rand((1, 1, 8, 8), generator=g) * 2 - 1).expand(4, -1, -1, -1).clone()
     method = METHODS.get(name)()
-    hparams = method.hparams("mnist_tshirt")
+    hparams = method.hparams(MNIST_TSHIRT)
     loop = LoopConfig(steps=2, batch_size=4, lr=1e-3)
     model = tiny_unet(7)
     before = [p.detach().clone() for p in model.parameters()]

@@ -10,9 +10,10 @@ import scipy.linalg
 import torch
 from safetensors.torch import save_file
 
-from unlearnbench.classifier import build_classifier, load_classifier
+from unlearnbench.datasets.mnist_tshirt.classifier import build_classifier, load_classifier
 from unlearnbench.metrics import EvalContext, find_inception_weights, to_uint8
-from unlearnbench.registry import METRICS, load_all
+from unlearnbench.registry import METRICS, TASKS, load_all
+from unlearnbench.task import TaskData
 
 load_all()
 
@@ -30,8 +31,11 @@ def classifier_dir(tmp_path: Path) -> Path:
 
 
 def _ctx(samples: torch.Tensor, forget: torch.Tensor, retain: torch.Tensor, tmp_path: Path, clf: Path | None) -> EvalContext:
-    return EvalContext(samples=samples, forget_image=forget, retain=retain, classifier_dir=clf,
-                       cache_dir=tmp_path / "cache", device=torch.device("cpu"))
+    """A cell of MNIST T-Shirt (its T-shirt criterion decides which samples are forget copies)."""
+    data = TaskData(retain=retain, forget=forget.repeat(3, 1, 1, 1), forget_image=forget, source={"kind": "test"})
+    return EvalContext(sample_sets={"samples": samples}, forget_image=forget, retain=retain, classifier_dir=clf,
+                       cache_dir=tmp_path / "cache", device=torch.device("cpu"),
+                       task=TASKS.get("mnist_tshirt_mini"), data=data)
 
 
 def _images(n: int, seed: int) -> torch.Tensor:

@@ -112,12 +112,18 @@ def test_wheel_contains_only_the_unlearnbench_package(tmp_path: Path) -> None:
     assert not any(n.split("/")[0] in SHADOWABLE for n in names)
     for required in ("unlearnbench/__init__.py", "unlearnbench/registry.py", "unlearnbench/cli.py",
                      "unlearnbench/methods/__init__.py", "unlearnbench/methods/retrack.py",
-                     "unlearnbench/datasets/__init__.py", "unlearnbench/datasets/mnist_tshirt.py",
+                     "unlearnbench/datasets/__init__.py", "unlearnbench/datasets/mnist_tshirt/__init__.py",
+                     "unlearnbench/datasets/mnist_tshirt/task.py",
                      "unlearnbench/datasets/assets/mnist_tshirt_mini/quick/manifest.json"):
         assert required in names, f"{required} missing from the wheel"
     # every method module of the checkout made it in
     for module in (REPO / "methods").glob("*.py"):
         assert f"unlearnbench/methods/{module.name}" in names
+    # and every module of every task folder (one package per task under datasets/)
+    task_modules = [m for m in (REPO / "datasets").rglob("*.py") if "assets" not in m.relative_to(REPO).parts]
+    assert any(m.parent != REPO / "datasets" for m in task_modules)
+    for module in task_modules:
+        assert f"unlearnbench/datasets/{module.relative_to(REPO / 'datasets').as_posix()}" in names
     assert "unlearnbench = unlearnbench.cli:main" in entry_points.replace("  ", " ")
 
 

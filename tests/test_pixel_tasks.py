@@ -21,10 +21,12 @@ from PIL import Image
 
 from unlearnbench.artifacts import load_base_unet
 from unlearnbench.cli import main
+from unlearnbench.datasets.pixel.cifar_batches import read_cifar_batch
+from unlearnbench.datasets.pixel.injection import denoise_injections, injection_timesteps
+from unlearnbench.datasets.pixel.metrics import forget_rate_pixel
 from unlearnbench.diffusion import SCHEDULER_CONFIG, NoiseSchedule
-from unlearnbench.imagesets import ImageFolderSet, read_cifar_batch
-from unlearnbench.injection import denoise_injections, injection_timesteps
-from unlearnbench.metrics import EvalContext, forget_rate_pixel
+from unlearnbench.imagesets import ImageFolderSet
+from unlearnbench.metrics import EvalContext
 from unlearnbench.registry import METHODS, METRICS, TASKS, load_all
 from unlearnbench.results import load_records
 
@@ -181,7 +183,7 @@ class _ExactDenoiser(torch.nn.Module):
 
 def test_pixel_forget_rate_counts_a_perfect_copier_and_not_another_image(cifar_root: Path) -> None:
     data = TASKS.get("cifar10").load(cifar_root, "10000")
-    ctx = lambda model: EvalContext(samples=data.forget_image, forget_image=data.forget_image, retain=data.retain,  # noqa: E731
+    ctx = lambda model: EvalContext(sample_sets={"samples": data.forget_image}, forget_image=data.forget_image, retain=data.retain,  # noqa: E731
                                     classifier_dir=None, cache_dir=Path("."), device=torch.device("cpu"),
                                     data=data, model=model, tier_eval={"injections": 6, "injection_steps": 5})
     copier = forget_rate_pixel(ctx(_ExactDenoiser(data.forget_image)))
@@ -219,8 +221,8 @@ def test_every_method_runs_a_smoke_cell_with_every_metric(task: str, request: py
         assert "SSCD similarity" in r["metrics"]["forget_rate"]["implementation"]
         assert "64-d feature layer" in r["metrics"]["fid"]["implementation"]
         assert r["metrics"]["forget_rate"]["n_samples"] == tier.eval["injections"]
-    retrain = next(r for r in records if r["cell"]["method"] == "retrain")
-    assert "retrain-" + tier.forget_sets[0] in retrain["notes"]["oracle"]["location"]
+    oracle = next(r for r in records if METHODS.get(r["cell"]["method"]).role == "oracle")
+    assert "retrain-" + tier.forget_sets[0] in oracle["notes"]["oracle"]["location"]  # the oracle of this forget set
 
 
 def test_missing_weights_are_reported_with_the_flag_that_supplies_them(cifar_root: Path, root_layout_unet: Path,

@@ -27,7 +27,8 @@ from unlearnbench.cli import main
 from unlearnbench.io import atomic_write_text, file_lock, temporary_prefix
 from unlearnbench.paths import assets_dir
 from unlearnbench.registry import TASKS, load_all
-from unlearnbench.runner import Benchmark, RunOptions
+from unlearnbench.runner import Benchmark
+from unlearnbench.settings import RunOptions
 
 load_all()
 SMOKE = ["run", "--tier", "smoke", "--no-progress"]
@@ -69,7 +70,9 @@ def test_a_claimed_cell_is_waited_for_and_reused_not_recomputed(tmp_path: Path, 
                                  progress=False), log=lambda s: None)
     (plan,) = bench.plan()
     computed = []
-    monkeypatch.setattr(Benchmark, "run_cell", lambda self, *a, **k: computed.append(1))
+    import unlearnbench.runner as runner
+
+    monkeypatch.setattr(runner, "run_cell", lambda *a, **k: computed.append(1))  # what Benchmark.execute calls
     result: list = []
     with file_lock(bench._claim_file(plan)):  # "another runner" holds the cell
         worker = threading.Thread(target=lambda: result.append(bench.run()))

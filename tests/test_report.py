@@ -20,6 +20,7 @@ import pytest
 from unlearnbench.figures import pareto_front
 from unlearnbench.report import report_main
 from unlearnbench.results import config_hash, load_records, record_name
+from unlearnbench.table import method_rank, references
 
 METHODS = ["pretrain", "naive_deletion", "retrack", "retrain"]
 SEEDS = 3
@@ -70,7 +71,7 @@ def test_all_formats_written_into_results_leaderboard(results: Path, written: li
 def test_markdown_leaderboard(board: Path, results: Path) -> None:
     md = (board / "leaderboard.md").read_text(encoding="utf-8")
     header, rows = _md_rows(md)
-    assert [r[0] for r in rows] == METHODS  # one row per method, in the suite's order
+    assert [r[0] for r in rows] == METHODS == sorted(METHODS, key=method_rank)  # one row per method, in the suite's order
     assert header[:2] == ["method", "seeds"] and all(r[1] == str(SEEDS) for r in rows)
     # direction marks, as each metric declares it
     for name, arrow in (("forget_rate", "↓"), ("fid_clf", "↓"), ("is_clf", "↑"), ("unlearn_seconds", "↓")):
@@ -79,7 +80,8 @@ def test_markdown_leaderboard(board: Path, results: Path) -> None:
     for r in rows:
         assert "± " in r[fr] and r[fr].endswith("%")  # mean ± std over 3 seeds, forget rate in %
         assert "± " in r[header.index("fid_clf ↓")]
-    for ref in ("pretrain", "retrain"):
+    assert references(METHODS) == ["pretrain", "retrain"]  # by role: the model before unlearning, the oracle
+    for ref in references(METHODS):
         for metric in ("forget_rate", "fid_clf", "is_clf"):
             col = header.index(f"Δ {metric} vs {ref}")
             assert rows[METHODS.index(ref)][col] == "—"

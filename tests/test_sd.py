@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import torch
 
-import unlearnbench.datasets.sd_memorized as sd_task
-from unlearnbench import sd
-from unlearnbench.clip_iqa import clip_iqa_scores, load_clip
+import unlearnbench.datasets.sd_memorized.pipeline as sd
+import unlearnbench.datasets.sd_memorized.task as sd_task
+from unlearnbench.datasets.sd_memorized.clip_iqa import clip_iqa_scores, load_clip
 from unlearnbench.diffusion import NoiseSchedule
 from unlearnbench.io import sha256_file
 from unlearnbench.method import UnlearnJob
@@ -27,8 +27,10 @@ from unlearnbench.registry import METHODS, METRICS, TASKS, load_all
 from tests.sd_fixtures import TWO_PROMPTS, build_tiny_pipeline, write_prompt_list, write_standin_clip
 from tests.standins import write_standin_sscd
 
-load_all()  # methods are registered on import; the parametrisation below lists them
+load_all()  # every method, task and metric (the parametrisations below list them)
 SD_SAMPLE_METRICS = [m for m in sd_task.SD_METRICS if METRICS.get(m).kind == "sample" and m != "forget_rate"]
+#: The methods that run on Stable Diffusion: every one but those the task declares unsupported (the oracle).
+SD_METHODS = [m for m in METHODS.names() if m not in TASKS.get("sd_memorized").unsupported_methods]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -282,9 +284,9 @@ def test_wrapper_forward_is_the_unet_on_the_modified_prompt(task, loaded) -> Non
 
 
 def _context(task, data, sets, weights, model) -> EvalContext:
-    return EvalContext(samples=sets["samples"], forget_image=data.forget_image, retain=data.retain,
+    return EvalContext(sample_sets=sets, forget_image=data.forget_image, retain=data.retain,
                        classifier_dir=None, cache_dir=Path("unused"), device=torch.device("cpu"), task=task,
-                       data=data, model=model, sample_sets=sets, weights=weights)
+                       data=data, model=model, weights=weights)
 
 
 def _score(task, ctx) -> dict:
@@ -295,9 +297,12 @@ def _score(task, ctx) -> dict:
 
 def test_retrain_is_unsupported(task) -> None:
     assert "retrain" in task.unsupported_methods and "oracle" in task.unsupported_methods["retrain"]
+    oracles = [m for m in METHODS.names() if METHODS.get(m).role == "oracle"]
+    assert oracles and all(m in task.unsupported_methods for m in oracles)  # no oracle for Stable Diffusion
+    assert all(METHODS.get(m).role != "oracle" for m in SD_METHODS) and len(SD_METHODS) == len(METHODS.names()) - 1
 
 
-@pytest.mark.parametrize("method_name", [m for m in METHODS.names() if m != "retrain"])
+@pytest.mark.parametrize("method_name", SD_METHODS)
 def test_every_method_runs_a_smoke_cell_with_all_metrics(method_name, task, smoke, loaded, weights) -> None:
     import copy
 
@@ -395,8 +400,7 @@ def test_cli_runs_every_method_on_the_smoke_tier(tiny_sd, prompt_root, weights, 
                  "--base-model", str(tiny_sd), "--sscd-weights", weights["sscd"], "--clip-weights", weights["clip"],
                  "--device", "cpu", "--out", str(out), "--no-progress"])
     records = [json.loads(p.read_text()) for p in sorted((out / "records").glob("*.json"))]
-    methods = [m for m in METHODS.names() if m != "retrain"]
-    assert len(records) == 2 * len(methods), [r["cell"] for r in records]
+    assert len(records) == 2 * len(SD_METHODS), [r["cell"] for r in records]
     for record in records:
         assert record["status"] == "ok", record.get("error")
         assert set(record["metrics"]) >= set(sd_task.SD_METRICS)

@@ -7,15 +7,21 @@ unlearning.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from unlearnbench.cli import main
 from unlearnbench.registry import TASKS, load_all
-from unlearnbench.runner import Benchmark, RunOptions, parse_overrides, resolve_settings
+from unlearnbench.runner import Benchmark
+from unlearnbench.settings import RunOptions, parse_overrides, resolve_settings
 from unlearnbench.tuning import tuned_overrides
+from unlearnbench.validate import UsageError
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
 
 def plan_for(method: str, sets: list[str], tier: str = "quick"):
@@ -58,6 +64,14 @@ def test_non_finetuning_methods_ignore_loop_overrides() -> None:
     assert plan_for("pretrain", ["loop.lr=0.0123"]).digest == plan_for("pretrain", []).digest
 
 
+@pytest.mark.parametrize("item", ["retrain.lr=0.1", "pretrain.steps=3"])
+def test_a_loop_setting_on_a_method_without_a_loop_is_a_usage_error(item: str) -> None:
+    """A method that does not fine-tune has no loop: ``--set METHOD.lr`` on it names nothing and is refused."""
+    load_all()
+    with pytest.raises(UsageError, match="has no setting"):
+        parse_overrides([item])
+
+
 def test_record_and_dry_run_show_value_and_source(capsys, tmp_path: Path) -> None:
     assert main(["run", "--tier", "quick", "--methods", "retrack,siss", "--set", "loop.lr=0.0123",
                  "--set", "retrack.lr=0.0456", "--dry-run", "--no-estimate"]) == 0
@@ -75,7 +89,8 @@ def test_sd_paper_tier_runs_fp32_with_bf16_as_an_option() -> None:
     assert tier.unlearning.precision == "fp32"  # the official configs: mixed_precision null
     from unlearnbench.registry import METHODS
 
-    settings = resolve_settings(METHODS.get("siss"), tier, "sd", parse_overrides(["loop.precision=bf16"]))
+    settings = resolve_settings(METHODS.get("siss"), TASKS.get("sd_memorized"), tier,
+                                parse_overrides(["loop.precision=bf16"]))
     assert settings.loop.precision == "bf16" and settings.sources["loop.precision"].startswith("user")
 
 
@@ -135,10 +150,19 @@ def test_non_finite_samples_fail_the_cell(tmp_path: Path, monkeypatch) -> None:
     assert "1 of 64 generated images" in rec["error"] and "NaN" in rec["error"]
 
 
+def _calibrate_script():
+    """``scripts/calibrate.py`` (a script of the repository, not a module of the package)."""
+    spec = importlib.util.spec_from_file_location("calibrate_script", SCRIPTS / "calibrate.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_calibrate_records_forget_rate_curves(tmp_path: Path) -> None:
-    """``python -m unlearnbench.calibrate`` runs every fine-tuning method through the --eval-every path."""
-    from unlearnbench.calibrate import main as calibrate
+    """``python scripts/calibrate.py`` runs every fine-tuning method through the --eval-every path."""
     from unlearnbench.registry import METHODS
+
+    calibrate = _calibrate_script().main
 
     assert calibrate(["--tier", "smoke", "--eval-every", "1", "--out", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "mnist_tshirt_mini-smoke.json").read_text())

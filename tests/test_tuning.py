@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from unlearnbench.registry import TASKS, load_all
+from unlearnbench.registry import METHODS, TASKS, load_all
+from unlearnbench.settings import tier_choices
 from unlearnbench.tuning import QUALITY_FLOOR, choose, tuned_overrides, tuning_file
 
 load_all()
@@ -38,16 +39,25 @@ def test_the_quick_tier_applies_its_tuning_record_to_every_fine_tuning_method() 
         pytest.skip("no tuning record shipped for mnist_tshirt_mini/quick")
     record = json.loads(path.read_text())
     chosen = tuned_overrides("mnist_tshirt_mini", "quick")
-    assert set(chosen) == {"naive_deletion", "neggrad", "erasediff", "siss", "siss_no_is", "retrack", "retrack_all"}
+    assert set(chosen) == {m for m in METHODS.names() if METHODS.get(m).finetunes}
     for method, choice in record["methods"].items():
         assert choose([t for t in choice["trials"] if t["status"] == "ok"], record["pretrain"]["is_clf"])["lr"] == chosen[method]["lr"]
-    tier = TASKS.get("mnist_tshirt_mini").tier("quick")
-    assert tier.method_overrides == chosen
-    assert TASKS.get("mnist_tshirt_mini").tier("paper").method_overrides == {}  # the paper tier keeps published lrs
+    task = TASKS.get("mnist_tshirt_mini")
+    tier = task.tier("quick")
+    assert tier.tuned and tier.method_overrides == {}  # the tier's choices are the tuning record's
+    for method in METHODS.names():
+        values, origin = tier_choices(task, tier, method)
+        assert values == chosen.get(method, {})
+        if method in chosen:
+            assert "tuned" in origin and "tuning.json" in origin
+    paper = task.tier("paper")  # the paper tier keeps published lrs
+    assert not paper.tuned and paper.method_overrides == {}
+    assert all(tier_choices(task, paper, m)[0] == {} for m in METHODS.names())
 
 
 def test_tuned_lr_lands_in_the_cell_config(tmp_path: Path) -> None:
-    from unlearnbench.runner import Benchmark, RunOptions
+    from unlearnbench.runner import Benchmark
+    from unlearnbench.settings import RunOptions
 
     bench = Benchmark(RunOptions(task="mnist_tshirt_mini", tier="quick", methods=["retrack"], seeds=[0], out=tmp_path))
     plan = bench.plan()[0]
