@@ -187,8 +187,8 @@ def _executor_options(args: argparse.Namespace) -> dict[str, int | str]:
 
 
 def _planned(opts: "RunOptions") -> tuple["Benchmark", list["CellPlan"]]:  # noqa: F821
-    """The benchmark and its cells. A ValueError while building them is bad input (a method the task
-    cannot run, a setting it lacks), so it is a UsageError; a cell's own failure comes later, in its record."""
+    """The benchmark and its cells. A ValueError while building them is bad input (e.g. a tier's setting a
+    method lacks), so it is a UsageError; a cell's own failure comes later, in its record."""
     from unlearnbench.runner import Benchmark
 
     try:

@@ -23,7 +23,6 @@ import torch
 
 from unlearnbench.diffusion import build_unet
 from unlearnbench.loop import LoopConfig, finetune
-from unlearnbench.metrics import NLL_EVALUATIONS
 from unlearnbench.registry import METHODS, METRICS
 
 
@@ -99,9 +98,9 @@ def estimate_rows(bench: Any, micro_batch: int | None = None) -> tuple[list[list
     loop, sampler, ev = tier.unlearning, bench.sampler, tier.eval
     eval_s = sampler.num_samples * sampler.steps * cost.forward
     extra = {METRICS.get(m).passes for m in bench.metric_names} - {None}  # metrics sharing work share the function
-    for passes in extra:
-        forward, train = passes(ev)
-        eval_s += forward * cost.forward + train * cost.train
+    extra_forward = sum(passes(ev)[0] for passes in extra)
+    extra_train = sum(passes(ev)[1] for passes in extra)
+    eval_s += extra_forward * cost.forward + extra_train * cost.train
     runs = len(bench.forget_sets) * len(bench.seeds)
     rows, total = [], 0.0
     for name in bench.methods:
@@ -129,7 +128,8 @@ def estimate_rows(bench: Any, micro_batch: int | None = None) -> tuple[list[list
         f"parameters, {cost.forward * 1e3:.2f} ms forward and {cost.train * 1e3:.2f} ms forward+backward per sample "
         f"at micro-batch {cost.batch}; passes per step counted by the loop on one step of each method",
         f"evaluation per cell: {sampler.num_samples} samples x {sampler.steps} {sampler.kind} steps"
-        + (f", {ev.get('injections')} injections" if "injections" in ev else "")
-        + (f", NLL ~{NLL_EVALUATIONS} ODE evaluations" if "nll" in bench.metric_names else ""),
+        + (f", plus {extra_forward:g} forward and {extra_train:g} forward+backward UNet passes of "
+           f"{', '.join(m for m in bench.metric_names if METRICS.get(m).passes)} (as each metric declares)"
+           if extra else ""),
     ]
     return rows, notes

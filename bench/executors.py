@@ -6,7 +6,7 @@ then hands the config hashes of the cells still to run to ``get_executor(name, *
 Every executor ends with the same result: one record per cell in ``<out>/records/``, written
 atomically, so resuming, ``--overwrite`` and ``--retry-failed`` behave as in a local run.
 
-* A cell whose method raises is recorded ``failed`` by the runner itself; the others go on.
+* A cell whose method raises is recorded ``failed`` by the cell itself (``cell.run_cell``); the others go on.
 * A worker process that dies (killed, out of memory, node lost) loses only the cell it was running:
   ``pool`` restarts the worker and re-queues the cell, Ray re-runs the task; both at most
   ``max_retries`` times, after which the cell gets a ``failed`` record saying so (``--retry-failed``
@@ -27,7 +27,6 @@ import os
 import sys
 import tarfile
 import tempfile
-import time
 import traceback
 from collections import deque
 from pathlib import Path
@@ -357,12 +356,13 @@ def _artifact_bundle(bench: "Benchmark") -> dict[str, Any] | None:
     (``fid-stats/``, a stale ``torch-fidelity/``) and anything else stay behind, each node recomputes
     the retain statistics once. Package-shipped weights are on every node already; links are never
     shipped."""
+    from unlearnbench.artifacts import BASE, CLASSIFIER, RETRAIN
     from unlearnbench.paths import cache_dir
 
     root = cache_dir(bench.task_name, bench.tier.name)
     tops = sorted(root.iterdir()) if root.exists() else []
     tops = [t for t in tops if not t.is_symlink() and (
-        (t.is_dir() and (t.name == "classifier" or t.name.startswith(("base", "retrain"))))
+        (t.is_dir() and (t.name == CLASSIFIER or t.name.startswith((BASE, RETRAIN))))
         or (t.is_file() and t.name == "manifest.json"))]
     paths = [p for top in tops for p in ([top] if top.is_file() else sorted(top.rglob("*")))]
     paths = [p for p in paths if p.is_file() and not p.is_symlink() and not p.name.startswith(".")
@@ -428,6 +428,7 @@ def _ray_cell(opts: "RunOptions", digest: str, threads: int, bundle: dict[str, A
         bench, plan = _worker_benchmark(opts, digest)
         with tempfile.TemporaryDirectory(prefix="unlearnbench-cell-") as tmp:
             bench.out = Path(tmp)  # the cell writes here (record, sample grid), never into opts.out
+            bench.env = dataclasses.replace(bench.env, out=bench.out)
             plan = dataclasses.replace(plan, path=bench.out / "records" / plan.path.name)
             bench.execute(plan)
             record = plan.path.read_text()

@@ -343,6 +343,8 @@ def _reference_hash(ref: _Subset, salt: str) -> str:
                  implementation="task-defined (each value records its definition in its implementation)")
 def forget_rate(ctx: EvalContext) -> MetricValue:
     """The task's forget rate: each task defines what counts as remembering its forget set."""
+    if ctx.task is None:
+        raise ValueError("forget_rate is task-defined: the evaluation context names no task")
     return ctx.task.forget_rate(ctx)
 
 

@@ -154,6 +154,7 @@ def run_method_steps(name: str, retain: Tensor, forget: Tensor, steps: int = 10,
     """
     from unlearnbench.loop import LoopConfig, finetune
     from unlearnbench.method import FineTuneMethod, UnlearnJob
+    from unlearnbench.protocols import MNIST_TSHIRT
     from unlearnbench.registry import METHODS
 
     if warmup < 1:
@@ -162,7 +163,7 @@ def run_method_steps(name: str, retain: Tensor, forget: Tensor, steps: int = 10,
     method = cls()
     if not isinstance(method, FineTuneMethod):
         raise ValueError(f"{name} does not run the fine-tuning loop")
-    hparams = cls.hparams("mnist_tshirt")
+    hparams = cls.hparams(MNIST_TSHIRT)
     loop = LoopConfig(steps=warmup + steps, batch_size=batch_size, lr=lr)
     model = model if model is not None else fresh_unet(seed)
     job = UnlearnJob(base_model=model, retain=retain, forget=forget, loop=loop, hparams=hparams, seed=seed,

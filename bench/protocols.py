@@ -17,6 +17,9 @@ class Protocol(str):
         self.source = source
         return self
 
+    def __reduce__(self) -> tuple:  # pickled and copied with its source (str's would drop the argument)
+        return Protocol, (str(self), self.source)
+
 
 MNIST_TSHIRT = Protocol("mnist_tshirt", "SISS (Alberti et al. 2025) MNIST T-Shirt; ReTrack configs")
 CIFAR10 = Protocol("cifar10", "ReTrack / SISS CIFAR-10, one training image per run")

@@ -58,17 +58,21 @@ class Registry(Generic[T]):
 
     # ------------------------------------------------------------------ adding
 
-    def register(self, obj: Any = None, *, aliases: tuple[str, ...] = ()) -> Any:
+    def register(self, obj: Any = None, *, aliases: tuple[str, ...] = (), name: str | None = None) -> Any:
         """Class decorator: register ``obj`` under its module's file name (methods), with ``aliases``.
 
         Usable bare (``@METHODS.register``); the class gets that name as its ``name`` attribute, so
-        the name is written nowhere else.
+        the name is written nowhere else. ``name`` is for a class defined outside a file of its own
+        (a script's ``__main__``, a notebook).
         """
 
         def decorator(cls: Any) -> Any:
-            name = cls.__module__.rsplit(".", 1)[-1]
-            cls.name = name
-            self.add(name, cls, aliases=aliases)
+            own = name or cls.__module__.rsplit(".", 1)[-1]
+            if own.startswith("_"):
+                raise ValueError(f"{cls.__qualname__} is defined in {cls.__module__}, which names no {self.kind}: "
+                                 f"put it in a file of its own or pass register(name=...)")
+            cls.name = own
+            self.add(own, cls, aliases=aliases)
             return cls
 
         return decorator(obj) if obj is not None else decorator

@@ -2,8 +2,9 @@
 
 Reads every result record under a results folder, ignores failed cells (listing them), and writes
 one leaderboard per (task, tier) — one row per method, mean ± population std over seeds per
-metric with the direction each record declares, the difference of the mean to ``pretrain`` and to
-the ``retrain`` oracle for the sample-quality metrics, the number of seeds, and a header saying how
+metric with the direction each record declares, the difference of the mean to the reference rows
+(the model before unlearning and the oracle, by their roles) for the metrics that declare ``deltas``,
+the number of seeds, and a header saying how
 every number was computed — as Markdown, LaTeX (booktabs), CSV and a self-contained HTML page with
 the figures of ``unlearnbench.figures`` embedded.
 
@@ -13,7 +14,6 @@ reproducible PNGs): reporting twice gives byte-identical files.
 from __future__ import annotations
 
 import base64
-import hashlib
 import html
 import json
 import re
@@ -136,8 +136,7 @@ def _build_group(task: str, tier: str, items: list[tuple[dict[str, Any], Path | 
                     key=lambda r: (method_rank(r["cell"]["method"]), r["cell"]["seed"]))
     # metrics in the registry's order, with the direction the records declare; rows by the one table builder
     metrics = metric_columns({m for rec, _ in ok for m in rec.get("metrics", {})})
-    rows, notes = build_rows(ok + [(r, None) for r in failed], metrics)
-    rows = [row for row in rows if row.ok]  # the leaderboard lists failed runs apart, rows need an ok run
+    rows, notes = build_rows(ok + [(r, None) for r in failed], metrics, failed_rows=False)
     directions: dict[str, bool | None] = {}
     metric_info: list[str] = []
     for m in metrics:
@@ -420,7 +419,7 @@ _CAPTIONS = {
     "tradeoff": "Forget rate against sample quality: seed means, error bars = seed std; dashed line: the Pareto "
                 "front (non-dominated rows, each metric in its declared direction).",
     "samples": "Generated samples of each row's first seed.",
-    "forget_curve": "Forget rate against unlearning step (mean over seeds, band = std); dashed: pretrain / retrain.",
+    "forget_curve": "Forget rate against unlearning step (mean over seeds, band = std); dashed: {references}.",
 }
 
 
@@ -453,12 +452,13 @@ def render_html(groups: list[Group]) -> str:
         parts.append('<h3>Metrics</h3><ul class="metrics">' + "".join(f"<li>{e(m)}</li>" for m in g.metric_info)
                      + "</ul>")
         parts.append("<h3>Figures</h3>")
+        shown_refs = " / ".join(references(METHODS.names()))
         for kind, path in g.figures.items():
             if path is None:
                 continue
             data = base64.b64encode(path.read_bytes()).decode("ascii")
             parts.append(f'<figure><img alt="{e(kind)}: {e(g.title)}" src="data:image/png;base64,{data}">'
-                         f"<figcaption>{e(_CAPTIONS[kind])}</figcaption></figure>")
+                         f"<figcaption>{e(_CAPTIONS[kind].format(references=shown_refs))}</figcaption></figure>")
         parts += [f'<p class="skipped">Not drawn: {e(s)}</p>' for s in g.skipped]
         parts.append('<h3>Failed cells (ignored)</h3><ul class="notes">'
                      + ("".join(f"<li>{e(_failed(r))}</li>" for r in g.failed) or "<li>none</li>") + "</ul>")

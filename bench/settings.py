@@ -150,15 +150,14 @@ def replace_fields(dc: Any, updates: dict[str, Any], what: str) -> Any:
 def resolve_methods(task: Task, asked: list[str] | None, log: Any = print) -> list[str]:
     """Canonical method names in table order; a method the task cannot run is an error when asked for,
     skipped (with a note) otherwise."""
-    unsupported = task.unsupported_methods
     if asked:
         names = [METHODS.canonical(m) for m in asked]
-        for name in (n for n in names if n in unsupported):
-            raise UsageError(f"method {name!r} does not run on task {task.name!r}: {unsupported[name]}")
+        for name in (n for n in names if task.unsupported(n)):
+            raise UsageError(f"method {name!r} does not run on task {task.name!r}: {task.unsupported(name)}")
         return names
-    for name in (m for m in METHODS.names() if m in unsupported):
-        log(f"skipping {name} on {task.name}: {unsupported[name]}")
-    return [m for m in METHODS.names() if m not in unsupported]
+    for name in (m for m in METHODS.names() if task.unsupported(m)):
+        log(f"skipping {name} on {task.name}: {task.unsupported(name)}")
+    return [m for m in METHODS.names() if not task.unsupported(m)]
 
 
 def resolve_metrics(tier: Tier, asked: list[str] | None, eval_every: int) -> list[str]:
@@ -180,18 +179,16 @@ class Settings:
     user: dict[str, Any]  # the --set values that apply to this method, by their --set key
 
 
-def tier_choices(task: Task, tier: Tier, method: str) -> tuple[dict[str, Any], str]:
-    """The tier's per-method settings for ``method`` (its own, then its tuned ones) and where they come from."""
+def tier_choices(task: Task, tier: Tier, method: str) -> dict[str, tuple[Any, str]]:
+    """The tier's per-method settings for ``method``: its own, then (winning) its tuned ones, each with its origin."""
     from unlearnbench.tuning import tuned_overrides
 
-    values = dict(tier.method_overrides.get(method, {}))
-    origin = f"tier {tier.name} (the tier's own choice)"
+    own = f"tier {tier.name} (the tier's own choice)"
+    chosen = {key: (value, own) for key, value in tier.method_overrides.get(method, {}).items()}
     if tier.tuned:
-        tuned = tuned_overrides(task.name, tier.name).get(method, {})
-        values.update(tuned)
-        if tuned:
-            origin = f"tier {tier.name} (tuned: datasets/assets/{task.name}/{tier.name}/tuning.json)"
-    return values, origin
+        tuned = f"tier {tier.name} (tuned: datasets/assets/{task.name}/{tier.name}/tuning.json)"
+        chosen.update({key: (value, tuned) for key, value in tuned_overrides(task.name, tier.name).get(method, {}).items()})
+    return chosen
 
 
 def resolve_settings(method: Any, task: Task, tier: Tier, overrides: dict[str, dict[str, Any]]) -> Settings:
@@ -204,27 +201,26 @@ def resolve_settings(method: Any, task: Task, tier: Tier, overrides: dict[str, d
     sources.update({f"hparams.{k}": f"published ({protocol})" for k in method.published.get(protocol, {})})
     if method.finetunes:
         sources.update({f"loop.{k}": f"tier {tier.name}" for k in LOOP_SETTINGS})
-    chosen, chosen_origin = tier_choices(task, tier, name)
-    layers = [  # (values, where they come from), later layers win
-        (chosen, chosen_origin),
-        (overrides.get("loop", {}) if method.finetunes else {}, "user (--set loop.KEY)"),
-        (overrides.get(name, {}), f"user (--set {name}.KEY)"),
+    chosen = tier_choices(task, tier, name)
+    user_loop = overrides.get("loop", {}) if method.finetunes else {}
+    layers = [  # (key, value, where it comes from), later layers win
+        *((key, value, origin) for key, (value, origin) in chosen.items()),
+        *((key, value, f"user (--set loop.{key})") for key, value in user_loop.items()),
+        *((key, value, f"user (--set {name}.{key})") for key, value in overrides.get(name, {}).items()),
     ]
     updates: dict[str, dict[str, Any]] = {"loop": {}, "hparams": {}}
-    for values, origin in layers:
-        for key, value in values.items():
-            if key not in scopes:
-                raise ValueError(f"{name}: unknown setting {key!r} ({origin.replace('KEY', key)}); "
-                                 f"known: {sorted(scopes)}")
-            scope = scopes[key][0]
-            updates[scope][key] = value
-            sources[f"{scope}.{key}"] = origin.replace("KEY", key)
+    for key, value, origin in layers:
+        if key not in scopes:
+            raise ValueError(f"{name}: unknown setting {key!r} ({origin}); known: {sorted(scopes)}")
+        scope = scopes[key][0]
+        updates[scope][key] = value
+        sources[f"{scope}.{key}"] = origin
     loop = replace_fields(tier.unlearning, updates["loop"], "loop")
     hparams = method.hparams(protocol, updates["hparams"])
     user = {f"{name}.{k}": v for k, v in overrides.get(name, {}).items()}
     if method.finetunes:
         user = {**{f"loop.{k}": v for k, v in overrides.get("loop", {}).items()}, **user}
-    return Settings(loop, hparams, dict(sorted(sources.items())), chosen, user)
+    return Settings(loop, hparams, dict(sorted(sources.items())), {k: v for k, (v, _) in chosen.items()}, user)
 
 
 def cell_config(task: Task, tier: Tier, method: Any, settings: Settings, cell: dict[str, Any], sampler: SamplerConfig,
@@ -232,7 +228,7 @@ def cell_config(task: Task, tier: Tier, method: Any, settings: Settings, cell: d
     """Everything that determines one cell's numbers: hashed into its identity (``results.config_hash``)."""
     forget_set = cell.get("forget_set")
     return {
-        "task": cell["task"], "task_version": task.version, "protocol": task.protocol,
+        "task": cell["task"], "task_version": task.version, "protocol": str(task.protocol),
         "data_source": getattr(task, "source", None), "tier": tier.name, "method": method.name,
         "method_version": method.version, "hparams": dataclasses.asdict(settings.hparams),
         "loop": dataclasses.asdict(settings.loop) if method.finetunes else None,

@@ -20,7 +20,7 @@ from tabulate import tabulate
 from unlearnbench.registry import METHODS, METRICS
 
 RUN_KEYS = ("seed", "forget_set")  # what distinguishes the runs averaged in one row
-Item = tuple[dict[str, Any], "Path | None"]  # a record and the file it came from
+Item = tuple[dict[str, Any], Path | None]  # a record and the file it came from
 
 
 def role(method: str) -> str:
@@ -101,16 +101,19 @@ def _variant_labels(method: str, configs: dict[str, dict[str, Any]]) -> dict[str
     return labels
 
 
-def build_rows(items: list[Item], metrics: list[str]) -> tuple[list[Row], list[str]]:
+def build_rows(items: list[Item], metrics: list[str], failed_rows: bool = True) -> tuple[list[Row], list[str]]:
     """Rows (one per method configuration, in table order) with each metric's mean, population std and
-    count over the ok runs; failed records are attached to their row. Also notes on several configurations."""
+    count over the ok runs; failed records are attached to their row. Also notes on several configurations.
+
+    ``failed_rows``: a configuration whose every run failed gets a row too (the run's table); without it,
+    rows and labels come from ok runs only (the leaderboard lists failed runs apart)."""
     ok = [(r, p) for r, p in items if r.get("status") == "ok"]
     failed = sorted((r for r, _ in items if r.get("status") != "ok"),
                     key=lambda r: (method_rank(r["cell"]["method"]), r["cell"]["seed"]))
     by_method: dict[str, dict[str, list[Item]]] = {}
     for rec, path in ok:
         by_method.setdefault(rec["cell"]["method"], {}).setdefault(_variant(rec), []).append((rec, path))
-    for rec in failed:  # a method whose every run failed still gets its row
+    for rec in failed if failed_rows else ():  # a configuration whose every run failed still gets its row
         by_method.setdefault(rec["cell"]["method"], {}).setdefault(_variant(rec), [])
     rows: list[Row] = []
     notes: list[str] = []

@@ -83,16 +83,24 @@ class TaskData:
 
 
 class Task:
-    """Base class of benchmark tasks (one file per task in ``datasets/``)."""
+    """Base class of benchmark tasks (one package per task family in ``datasets/``, registered with
+    ``register_task``)."""
 
     name: ClassVar[str] = ""
     version: ClassVar[int] = 1
     protocol: ClassVar[Protocol]  # the published protocol whose settings apply (``unlearnbench.protocols``)
     default_tier: ClassVar[str] = "quick"
-    #: Methods that cannot run on this task, with the reason (e.g. no retrain oracle for Stable Diffusion).
-    unsupported_methods: ClassVar[dict[str, str]] = {}
+    #: Method roles (``unlearnbench.method.ROLES``) that cannot run on this task, with the reason (e.g. no
+    #: oracle for Stable Diffusion).
+    unsupported_roles: ClassVar[dict[str, str]] = {}
     #: True when ``load_base`` always supplies the base model (nothing for ``prepare`` to train).
     loads_own_base: ClassVar[bool] = False
+
+    def unsupported(self, method: str) -> str | None:
+        """Why the registered method ``method`` cannot run on this task (by its role), or None."""
+        from unlearnbench.registry import METHODS
+
+        return self.unsupported_roles.get(METHODS.get(method).role)
 
     def tiers(self) -> dict[str, Tier]:
         raise NotImplementedError
@@ -156,3 +164,11 @@ class Task:
         from unlearnbench.sampling import generate
 
         return {"samples": generate(model, sampler, seed=seed, device=device, progress=progress)}
+
+
+def register_task(task: Task) -> Task:
+    """Register ``task`` under its own ``name`` (the name is written once, on the task)."""
+    from unlearnbench.registry import TASKS
+
+    TASKS.add(task.name, task)
+    return task

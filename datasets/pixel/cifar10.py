@@ -16,9 +16,8 @@ from unlearnbench.imagesets import uint8_to_model
 from unlearnbench.loop import LoopConfig
 from unlearnbench.datasets.pixel.task import PIXEL_METRICS, PixelTask, smoke_tier
 from unlearnbench.protocols import CIFAR10
-from unlearnbench.registry import TASKS
 from unlearnbench.sampling import SamplerConfig
-from unlearnbench.task import DataMissingError, TaskData, Tier, TrainRecipe
+from unlearnbench.task import DataMissingError, TaskData, Tier, TrainRecipe, register_task
 
 BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 FORGET_INDICES = tuple(str(i) for i in range(10000, 10010))
@@ -98,4 +97,4 @@ class Cifar10(PixelTask):
         }
 
 
-TASKS.add("cifar10", Cifar10())
+register_task(Cifar10())

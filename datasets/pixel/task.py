@@ -14,7 +14,7 @@ from unlearnbench.metrics import EvalContext, MetricValue
 from unlearnbench.sampling import SamplerConfig
 from unlearnbench.task import Task, TaskData, Tier, TrainRecipe
 
-#: The metrics of the injection tasks (after ReTrack's evaluation), in table order.
+#: The metrics of the injection tasks (after ReTrack's evaluation), in the order a run's table lists them.
 PIXEL_METRICS = ("forget_rate", "forget_rate_pixel", "sscd", "nll", "fid", "inception_score",
                  "unlearn_seconds", "unet_forward", "unet_backward")
 

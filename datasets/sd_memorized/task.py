@@ -24,14 +24,13 @@ from unlearnbench.diffusion import NoiseSchedule
 from unlearnbench.loop import LoopConfig
 from unlearnbench.metrics import EvalContext, MetricValue
 from unlearnbench.protocols import STABLE_DIFFUSION
-from unlearnbench.registry import TASKS
 from unlearnbench.sampling import SamplerConfig
 from unlearnbench.datasets.sd_memorized.pipeline import (
     ConditionedUNet, FrozenParts, encode_images, encode_prompts, list_prompt_folders, load_frozen_parts, load_unet,
     prepare_prompt_folders, read_prompt_folder, sample_images, training_scheduler,
 )
 from unlearnbench.datasets.sd_memorized.metrics import forget_rate_of
-from unlearnbench.task import DataMissingError, Task, TaskData, Tier
+from unlearnbench.task import DataMissingError, Task, TaskData, Tier, register_task
 
 SD_V1_4 = "CompVis/stable-diffusion-v1-4"
 
@@ -81,8 +80,8 @@ class SDMemorized(Task):
     protocol = STABLE_DIFFUSION
     default_tier = "paper"
     loads_own_base = True  # the pipeline comes from --base-model or the hub; nothing for prepare to train
-    unsupported_methods = {
-        "retrain": "no oracle: retraining Stable Diffusion v1.4 without the memorized LAION images is out of reach, "
+    unsupported_roles = {
+        "oracle": "no oracle: retraining Stable Diffusion v1.4 without the memorized LAION images is out of reach, "
                    "and the published SD tables have no retrain row",
     }
 
@@ -246,4 +245,4 @@ class SDMemorized(Task):
         return forget_rate_of(ctx, "samples")
 
 
-TASKS.add("sd_memorized", SDMemorized())
+register_task(SDMemorized())
