@@ -33,13 +33,19 @@ def tshirt_frequency(ctx: EvalContext) -> MetricValue:
                        extra={"copies": int(mask.sum())}, implementation=TSHIRT_FREQUENCY)
 
 
-def _classifier_unavailable(ctx: EvalContext) -> MetricValue | None:
+def _classifier_scores(ctx: EvalContext, isc: bool, fid: bool) -> dict[str, float] | MetricValue:
+    """torch-fidelity's numbers on the classifier's features of the kept samples, or why they cannot be computed.
+
+    The classifier folder is hashed once per cell (the cache salt both metrics share)."""
     if ctx.classifier_dir is None:
         return MetricValue(None, available=False, reason="no classifier prepared: run `run_bench.py prepare`")
     if len(ctx.kept) < 10:
         return MetricValue(None, n_samples=len(ctx.kept), available=False,
                            reason=f"only {len(ctx.kept)} non-forget samples (10 splits need at least 10)")
-    return None
+    if "classifier_hash" not in ctx.memo:
+        ctx.memo["classifier_hash"] = _dir_hash(ctx.classifier_dir)
+    return fidelity(ctx, TORCH_FIDELITY_NAME, str(ctx.classifier_dir), isc=isc, fid=fid,
+                    salt=ctx.memo["classifier_hash"])
 
 
 def _dir_hash(folder: Path) -> str:
@@ -49,27 +55,25 @@ def _dir_hash(folder: Path) -> str:
     return h.hexdigest()[:16]
 
 
-@register_metric("is_clf", higher_is_better=True, tolerance=0.05, relative=True, order=120, needs=("classifier",), deltas=True,
+@register_metric("is_clf", higher_is_better=True, tolerance=0.05, relative=True, order=120, needs=("classifier",),
+                 deltas=True,
                  implementation="Inception-Score formula on the logits of the suite's MNIST classifier, 10 splits, "
                                 "non-forget samples only (torch-fidelity isc, registered classifier extractor; max 10)")
 def is_clf(ctx: EvalContext) -> MetricValue:
-    missing = _classifier_unavailable(ctx)
-    if missing:
-        return missing
-    out = fidelity(ctx, TORCH_FIDELITY_NAME, str(ctx.classifier_dir), isc=True, fid=False,
-                   salt=_dir_hash(ctx.classifier_dir))
+    out = _classifier_scores(ctx, isc=True, fid=False)
+    if isinstance(out, MetricValue):
+        return out
     return MetricValue(out["inception_score_mean"], n_samples=len(ctx.kept), reference="none (unary)",
                        extra={"std_over_splits": out["inception_score_std"]})
 
 
-@register_metric("fid_clf", higher_is_better=False, tolerance=0.25, relative=True, order=100, needs=("classifier",), deltas=True,
+@register_metric("fid_clf", higher_is_better=False, tolerance=0.25, relative=True, order=100, needs=("classifier",),
+                 deltas=True,
                  implementation="Frechet distance of the MNIST classifier's penultimate features, non-forget samples "
                                 "vs the retain digits (torch-fidelity fid, registered classifier extractor, float64)")
 def fid_clf(ctx: EvalContext) -> MetricValue:
-    missing = _classifier_unavailable(ctx)
-    if missing:
-        return missing
-    out = fidelity(ctx, TORCH_FIDELITY_NAME, str(ctx.classifier_dir), isc=False, fid=True,
-                   salt=_dir_hash(ctx.classifier_dir))
+    out = _classifier_scores(ctx, isc=False, fid=True)
+    if isinstance(out, MetricValue):
+        return out
     return MetricValue(out["frechet_inception_distance"], n_samples=len(ctx.kept),
                        reference=fid_reference(ctx).describe())
