@@ -187,7 +187,8 @@ def tier_choices(task: Task, tier: Tier, method: str) -> dict[str, tuple[Any, st
     chosen = {key: (value, own) for key, value in tier.method_overrides.get(method, {}).items()}
     if tier.tuned:
         tuned = f"tier {tier.name} (tuned: datasets/assets/{task.name}/{tier.name}/tuning.json)"
-        chosen.update({key: (value, tuned) for key, value in tuned_overrides(task.name, tier.name).get(method, {}).items()})
+        values = tuned_overrides(task.name, tier.name).get(method, {})
+        chosen.update({key: (value, tuned) for key, value in values.items()})
     return chosen
 
 
@@ -217,9 +218,8 @@ def resolve_settings(method: Any, task: Task, tier: Tier, overrides: dict[str, d
         sources[f"{scope}.{key}"] = origin
     loop = replace_fields(tier.unlearning, updates["loop"], "loop")
     hparams = method.hparams(protocol, updates["hparams"])
-    user = {f"{name}.{k}": v for k, v in overrides.get(name, {}).items()}
-    if method.finetunes:
-        user = {**{f"loop.{k}": v for k, v in overrides.get("loop", {}).items()}, **user}
+    user = {**{f"loop.{k}": v for k, v in user_loop.items()},
+            **{f"{name}.{k}": v for k, v in overrides.get(name, {}).items()}}
     return Settings(loop, hparams, dict(sorted(sources.items())), {k: v for k, (v, _) in chosen.items()}, user)
 
 
