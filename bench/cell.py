@@ -141,11 +141,19 @@ def score(metric_names: list[str], ctx: EvalContext, log: Any) -> dict[str, Any]
     out = {}
     for name in metric_names:
         metric = METRICS.get(name)
+        started = time.perf_counter()
         value: MetricValue = metric.compute(ctx) if metric.kind == "sample" else metric.compute(log)
         out[name] = {"value": value.value, "higher_is_better": metric.higher_is_better,
+                     **({"target": metric.target} if metric.target else {}),
                      "implementation": value.implementation or metric.implementation, "version": metric.version,
                      "n_samples": value.n_samples, "reference": value.reference,
-                     "available": value.available, "reason": value.reason, **({"extra": value.extra} if value.extra else {})}
+                     "available": value.available, "reason": value.reason,
+                     **({"extra": value.extra} if value.extra else {}),
+                     **({"interval": [float(v) for v in value.interval], "interval_method": value.interval_method}
+                        if value.interval is not None else {}),
+                     **({"replicates": [round(float(v), 6) for v in value.replicates]}
+                        if value.replicates is not None else {}),
+                     "seconds": round(time.perf_counter() - started, 3)}
     return out
 
 

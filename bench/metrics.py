@@ -34,6 +34,11 @@ class MetricValue:
     extra: dict[str, Any] = field(default_factory=dict)
     #: Overrides the registered implementation text when the definition is task-specific (forget_rate).
     implementation: str | None = None
+    #: A 95% interval of the value within the cell (e.g. a bootstrap over the generated samples), with how it was
+    #: computed (``interval_method``) and its replicates (leaderboards combine them across seeds and methods).
+    interval: tuple[float, float] | None = None
+    interval_method: str | None = None
+    replicates: list[float] | None = None
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,9 @@ class Metric:
     digits: int = 2
     #: Leaderboards show its difference to the reference rows (before unlearning, the oracle).
     deltas: bool = False
+    #: "oracle" when the right value is the retrain oracle's, not an extreme (membership ranks, NLL): the
+    #: distance to the oracle ranks it; None: ``higher_is_better`` does.
+    target: str | None = None
 
 
 def register_metric(name: str, **fields: Any) -> Callable[[Callable[..., MetricValue]], Callable[..., MetricValue]]:
