@@ -21,6 +21,7 @@ import matplotlib.style
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from unlearnbench.io import atomic_write_bytes
@@ -37,10 +38,13 @@ RC = {
     "axes.grid": True,
     "grid.alpha": 0.3,
 }
+#: What the trade-off plot's error bars are, as its legend says.
+ERROR_BARS = "error bars: 95% interval of the seed mean"
 MARKERS = ("o", "s", "D", "^", "v", "P", "X", "<", ">", "h", "*", "p")
 
-#: (mean, std) of one metric for one leaderboard row; None where the row has no value.
-Stat = tuple[float, float] | None
+#: (mean, lower, upper) of one metric for one leaderboard row: its mean over seeds and the 95% interval drawn as
+#: its error bar (lower = upper = mean when nothing varies); None where the row has no value.
+Stat = tuple[float, float, float] | None
 
 
 @contextmanager
@@ -82,10 +86,10 @@ def tradeoff_figure(stats: Mapping[str, Mapping[str, Stat]], directions: Mapping
                     path: Path, title: str = "", skipped: list[str] | None = None,
                     references: Sequence[str] = ()) -> Path | None:
     """Forget rate (x, %) against quality: one panel for ``fid`` (when any row has it) or else
-    ``fid_clf``, one for ``is_clf``; a point per row at its seed mean, error bars = seed std, the
-    Pareto front of each panel drawn as a line.
+    ``fid_clf``, one for ``is_clf``; a point per row at its seed mean, error bars = its 95% interval (as
+    the legend says), the Pareto front of each panel drawn as a line.
 
-    ``stats``: row label -> metric -> (mean, std) or None, in leaderboard row order.
+    ``stats``: row label -> metric -> (mean, lower, upper) or None, in leaderboard row order.
     """
     def has(metric: str) -> bool:
         return any(s.get(metric) is not None for s in stats.values())
@@ -110,7 +114,9 @@ def tradeoff_figure(stats: Mapping[str, Mapping[str, Stat]], directions: Mapping
                 if fr is None or q is None:
                     continue
                 points[label] = (100 * fr[0], q[0])
-                h = ax.errorbar(100 * fr[0], q[0], xerr=100 * fr[1], yerr=q[1], fmt=MARKERS[i % len(MARKERS)],
+                xerr = [[100 * (fr[0] - fr[1])], [100 * (fr[2] - fr[0])]]
+                yerr = [[q[0] - q[1]], [q[2] - q[0]]]
+                h = ax.errorbar(100 * fr[0], q[0], xerr=xerr, yerr=yerr, fmt=MARKERS[i % len(MARKERS)],
                                 color=_colour(i), ecolor=_colour(i), capsize=3, markersize=7, linestyle="none",
                                 label=label)
                 handles.setdefault(label, h)
@@ -122,7 +128,7 @@ def tradeoff_figure(stats: Mapping[str, Mapping[str, Stat]], directions: Mapping
                                   linewidth=1.2, marker="o", markersize=14, markerfacecolor="none",
                                   markeredgecolor="0.35", zorder=0, label="Pareto front")
                 handles.setdefault("Pareto front", line)
-            xmax = max((100 * (stats[k]["forget_rate"][0] + stats[k]["forget_rate"][1]) for k in points), default=0.0)
+            xmax = max((100 * stats[k]["forget_rate"][2] for k in points), default=0.0)
             ax.set_xlim(-0.05 * max(xmax, 1.0), max(1.1 * xmax, 1.0))  # rates are >= 0: no negative axis
             ax.set_xlabel(f"forget rate (%){arrow(directions.get('forget_rate'))}")
             ax.set_ylabel(f"{metric}{arrow(directions[metric])}")
@@ -130,6 +136,7 @@ def tradeoff_figure(stats: Mapping[str, Mapping[str, Stat]], directions: Mapping
             if values and min(values) > 0 and max(values) / min(values) > 100:  # e.g. a collapsed model's FID
                 ax.set_yscale("log")
             ax.set_title(f"forget rate vs {metric}")
+        handles.setdefault(ERROR_BARS, Line2D([], [], color="0.35", marker="|", linestyle="-", markersize=8))
         fig.legend(list(handles.values()), list(handles), loc="outside lower center",
                    ncol=min(len(handles), 5), frameon=False)
         if title:
@@ -170,7 +177,8 @@ def forget_curve_figure(curves: Mapping[str, Sequence[Sequence[Mapping[str, floa
                         references: Mapping[str, float] | None = None, title: str = "",
                         skipped: list[str] | None = None, higher_is_better: bool | None = None) -> Path | None:
     """Forget rate (%) against unlearning step: per row, the mean over seeds at each evaluated
-    step with a ±std band. ``curves``: label -> one list of ``{step, forget_rate}`` per seed;
+    step with a ± population std band (labelled in the legend). ``curves``: label -> one list of
+    ``{step, forget_rate}`` per seed;
     ``references``: label -> forget rate drawn as a horizontal dashed line (pretrain, retrain)."""
     usable = {label: seeds for label, seeds in curves.items()
               if any(ev.get("forget_rate") is not None for evs in seeds for ev in evs)}
@@ -180,6 +188,7 @@ def forget_curve_figure(curves: Mapping[str, Sequence[Sequence[Mapping[str, floa
     with _style():
         fig = Figure(figsize=(7.0, 4.4), layout="constrained")
         ax = fig.subplots()
+        first = next(label for label in curves if label in usable)
         for i, label in enumerate(curves):
             if label not in usable:
                 continue
@@ -192,7 +201,8 @@ def forget_curve_figure(curves: Mapping[str, Sequence[Sequence[Mapping[str, floa
             mean = np.array([np.mean(by_step[s]) for s in steps])
             std = np.array([np.std(by_step[s]) for s in steps])
             ax.plot(steps, mean, marker=MARKERS[i % len(MARKERS)], color=_colour(i), label=label, markersize=4)
-            ax.fill_between(steps, mean - std, mean + std, color=_colour(i), alpha=0.15, linewidth=0)
+            ax.fill_between(steps, mean - std, mean + std, color=_colour(i), alpha=0.15, linewidth=0,
+                            label="band: ± population std over seeds" if label == first else None)
         for j, (label, value) in enumerate((references or {}).items()):
             ax.axhline(100 * value, linestyle=(0, (4, 2 + 2 * j)), color=str(0.2 + 0.3 * j), linewidth=1,
                        label=f"{label} (no unlearning steps)")

@@ -1,12 +1,14 @@
 """The leaderboard (``run_bench.py report --results DIR [--out DIR]``).
 
 Reads every result record under a results folder, ignores failed cells (listing them), and writes
-one leaderboard per (task, tier) — one row per method, mean ± population std over seeds per
-metric with the direction each record declares, the difference of the mean to the reference rows
-(the model before unlearning and the oracle, by their roles) for the metrics that declare ``deltas``,
-the number of seeds, and a header saying how
-every number was computed — as Markdown, LaTeX (booktabs), CSV and a self-contained HTML page with
-the figures of ``unlearnbench.figures`` embedded.
+one leaderboard per (task, tier) — one row per method, the mean over seeds per metric with its 95%
+interval and the direction each record declares, marks for rows statistically indistinguishable from
+the oracle and from the best row, the difference of the mean to the reference rows (the model before
+unlearning and the oracle, by their roles, with intervals) for the metrics that declare ``deltas``, the
+aggregate distance to the oracle, the number of seeds, and a header saying how every number was
+computed — as Markdown, LaTeX (booktabs), CSV and a self-contained HTML page with the figures of
+``unlearnbench.figures`` embedded. The statistics are those of ``unlearnbench.table`` and
+``unlearnbench.uncertainty`` (``docs/uncertainty.md``).
 
 Every output is a pure function of the records (no timestamps, no absolute paths, sorted orders,
 reproducible PNGs): reporting twice gives byte-identical files.
@@ -31,20 +33,40 @@ from unlearnbench.io import atomic_write_text
 from unlearnbench.registry import METHODS, METRICS
 from unlearnbench.results import BadRecordError, load_records, record_name
 from unlearnbench.table import (
-    Row, _flatten, arrow, build_rows, cell, method_rank, metric_columns, num, percent, references, role,
+    DISTANCE_NOTE, Row, _flatten, arrow, build_rows, compare, interval_text, marks, method_rank, metric_columns,
+    num, oracle_distances, percent, references, role,
 )
+from unlearnbench.uncertainty import LEADERBOARD_REPLICATES
 
 FIGURE_KINDS = ("tradeoff", "samples", "forget_curve")
 TITLE = "unlearnbench leaderboard"
 
 
+#: The marks of rows statistically indistinguishable from the oracle / from the best row.
+MARKS = {"oracle": "†", "best": "‡"}
+
+
 def legend() -> str:
     """The leaderboard's legend, naming the reference rows by their roles (before unlearning, the oracle)."""
     before, oracle = (references(METHODS.names()) + ["the model before unlearning", "the oracle"])[:2]
-    return ("mean ± population std (ddof = 0) over seeds; forget_rate in %; ↑/↓: higher/lower is better, as declared "
-            f"in the records; Δ m vs {before} / vs {oracle}: the row's mean minus the {before} row's / the {oracle} "
-            "oracle's mean (forget rate in percentage points, pp); bold: the best mean among the unlearning methods "
-            f"({before} and {oracle} excluded).")
+    return ("mean over seeds [95% interval: hierarchical bootstrap over seeds and each cell's bootstrap replicates]; "
+            "forget_rate in %; ↑/↓: higher/lower is better, as declared in the records; "
+            f"Δ m vs {before} / vs {oracle}: the row's mean minus the {before} row's / the {oracle} oracle's mean, "
+            "paired by seed, with its 95% interval (forget rate in percentage points, pp); bold: the best mean among "
+            f"the unlearning methods ({before} and {oracle} excluded); {MARKS['oracle']}: statistically "
+            f"indistinguishable from the {oracle} oracle; {MARKS['best']}: indistinguishable from the bold row; "
+            "distance to oracle: see the test note.")
+
+
+def test_note() -> str:
+    """The statement of the test behind the marks and intervals, shown under every table."""
+    return ("Test: a paired hierarchical bootstrap (Efron; docs/uncertainty.md). Each of "
+            f"{LEADERBOARD_REPLICATES} replicates draws the seeds two rows share, with replacement, and for each drawn "
+            "seed one stored bootstrap replicate of each row's cell (its value when it stores none); the 95% "
+            "percentile interval of the mean difference decides: two rows are indistinguishable when it contains 0. "
+            "With one shared seed and no replicates nothing varies: such comparisons are listed as not testable, "
+            "never marked. Metrics whose target is the oracle have no best by direction and no best mark; costs are "
+            "not compared. " + DISTANCE_NOTE + ".")
 
 
 # --------------------------------------------------------------------------------------------- data
@@ -64,6 +86,10 @@ class Group:
     notes: list[str]
     figures: dict[str, Path | None] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
+    #: metric -> row index -> {"oracle", "best"}: the rows indistinguishable from them (``table.marks``)
+    marks: dict[str, dict[int, set[str]]] = field(default_factory=dict)
+    #: row index -> gaps to the oracle and their aggregate (``table.oracle_distances``)
+    distances: dict[int, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def slug(self) -> str:
@@ -175,7 +201,10 @@ def _build_group(task: str, tier: str, items: list[tuple[dict[str, Any], Path | 
             deltas += [(m, ref) for ref in present]
 
     header = _header(task, ok, rows)
-    return Group(task, tier, rows, metrics, directions, deltas, header, metric_info, failed, notes)
+    unlearning = [i for i, r in enumerate(rows) if role(r.method) == "unlearning"]
+    found, untestable = marks(rows, metrics, unlearning)
+    return Group(task, tier, rows, metrics, directions, deltas, header, metric_info, failed, notes + untestable,
+                 marks=found, distances=oracle_distances(rows, metrics))
 
 
 def _header(task: str, ok: list[tuple[dict[str, Any], Path | None]], rows: list[Row]) -> list[tuple[str, str]]:
@@ -223,10 +252,27 @@ def _delta(row: Row, ref: Row | None, metric: str) -> float:
 
 
 def _deltacell(row: Row, ref: Row | None, metric: str) -> str:
+    """The difference to a reference row, paired by seed, with its 95% interval (the unpaired difference of
+    the means when the rows share no seed)."""
     if ref is row:
         return "—"
-    d = _delta(row, ref, metric)
-    return "n/a" if np.isnan(d) else num(d, metric, signed=True) + (" pp" if percent(metric) else "")
+    unit = " pp" if percent(metric) else ""
+    diff = compare(row, ref, metric) if ref is not None else None
+    if diff is None:
+        d = _delta(row, ref, metric)
+        return "n/a" if np.isnan(d) else num(d, metric, signed=True) + unit
+    text = num(diff["estimate"], metric, signed=True) + unit
+    if diff["interval"] is not None:
+        lo, hi = diff["interval"]
+        text += f" [{num(lo, metric, signed=True)}, {num(hi, metric, signed=True)}]"
+    return text
+
+
+def _distancecell(group: Group, i: int) -> str:
+    entry = group.distances.get(i)
+    if entry is None:
+        return "—"
+    return "n/a" if entry["distance"] is None else f"{entry['distance']:.2f}"
 
 
 def _ref(group: Group, method: str) -> Row | None:
@@ -249,7 +295,7 @@ def _best(group: Group) -> dict[str, set[int]]:
 
 def _columns(group: Group) -> list[str]:
     return (["method", "seeds"] + [f"{m}{arrow(group.directions[m])}" for m in group.metrics]
-            + [f"Δ {m} vs {ref}" for m, ref in group.deltas])
+            + [f"Δ {m} vs {ref}" for m, ref in group.deltas] + (["distance to oracle ↓"] if group.distances else []))
 
 
 def _display(group: Group) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -259,11 +305,19 @@ def _display(group: Group) -> tuple[pd.DataFrame, pd.DataFrame]:
     cells, bold = [], []
     for i, row in enumerate(group.rows):
         seeds = str(len(row.ok)) + (f" (+{len(row.failed)} failed)" if row.failed else "")
-        cells.append([row.label, seeds] + [cell(row, m) for m in group.metrics]
-                     + [_deltacell(row, refs[ref], m) for m, ref in group.deltas])
-        bold.append([False, False] + [i in best.get(m, set()) for m in group.metrics] + [False] * len(group.deltas))
+        distance = [_distancecell(group, i)] if group.distances else []
+        cells.append([row.label, seeds] + [_marked(group, row, i, m) for m in group.metrics]
+                     + [_deltacell(row, refs[ref], m) for m, ref in group.deltas] + distance)
+        bold.append([False, False] + [i in best.get(m, set()) for m in group.metrics]
+                    + [False] * (len(group.deltas) + len(distance)))
     cols = _columns(group)
     return pd.DataFrame(cells, columns=range(len(cols))), pd.DataFrame(bold, columns=range(len(cols)))
+
+
+def _marked(group: Group, row: Row, i: int, metric: str) -> str:
+    """The row's mean [interval] with its marks (``MARKS``)."""
+    found = group.marks.get(metric, {}).get(i, set())
+    return interval_text(row, metric) + "".join(MARKS[k] for k in ("oracle", "best") if k in found)
 
 
 def _numeric(group: Group) -> pd.DataFrame:
@@ -275,18 +329,33 @@ def _numeric(group: Group) -> pd.DataFrame:
         rec: dict[str, Any] = {"task": group.task, "task_version": cfg.get("task_version"), "tier": group.tier,
                                "method": row.method, "row": row.label, "method_version": cfg.get("method_version"),
                                "seeds": len(row.ok), "failed_seeds": len(row.failed)}
+        i = group.rows.index(row)
+        gaps = group.distances.get(i, {}).get("gaps", {})
         for m in group.metrics:
             mean, std, n = row.stats[m]
             rec[f"{m}_mean"], rec[f"{m}_std"], rec[f"{m}_n"] = mean, std, n
+            est = row.interval(m)
+            rec[f"{m}_lo"], rec[f"{m}_hi"] = est["interval"] if est and est["interval"] else (np.nan, np.nan)
             rec[f"{m}_higher_is_better"] = group.directions[m]
+            if m in group.marks:
+                found = group.marks[m].get(i, set())
+                rec[f"{m}_indistinguishable_from_oracle"] = "oracle" in found
+                rec[f"{m}_indistinguishable_from_best"] = "best" in found
+            gap = gaps.get(m)
+            if gap is not None:
+                rec[f"{m}_gap_oracle"] = gap["estimate"]
+                rec[f"{m}_gap_oracle_lo"], rec[f"{m}_gap_oracle_hi"] = gap["interval"] or (np.nan, np.nan)
         for m, ref in group.deltas:
             rec[f"{m}_delta_{ref}"] = _delta(row, refs[ref], m)
+        if group.distances:
+            own = 0.0 if role(row.method) == "oracle" else None
+            rec["distance_to_oracle"] = group.distances.get(i, {}).get("distance", own)
         out.append(rec)
     frame = pd.DataFrame(out)
     for col in frame.columns:
         if col in ("task_version", "method_version", "seeds", "failed_seeds") or col.endswith("_n"):
             frame[col] = frame[col].astype("Int64")
-        elif col.endswith("_higher_is_better"):
+        elif col.endswith(("_higher_is_better", "_indistinguishable_from_oracle", "_indistinguishable_from_best")):
             frame[col] = frame[col].astype("boolean")
     return frame
 
@@ -309,7 +378,7 @@ def render_markdown(groups: list[Group], out: Path) -> str:
         lines += ["- metrics:", *[f"  - {m}" for m in g.metric_info], ""]
         if body:
             lines += [tabulate(body, headers=[_md_escape(c) for c in _columns(g)], tablefmt="github",
-                               disable_numparse=True), "", legend(), ""]
+                               disable_numparse=True), "", legend(), "", test_note(), ""]
         else:
             lines += ["No successful cells.", ""]
         shown = [(k, p) for k, p in g.figures.items() if p is not None]
@@ -334,7 +403,7 @@ def _failed(rec: dict[str, Any]) -> str:
 _LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                   "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
 _LATEX_UNICODE = {"±": r"$\pm$", "↑": r"$\uparrow$", "↓": r"$\downarrow$", "Δ": r"$\Delta$", "—": "--",
-                  "−": "$-$"}
+                  "−": "$-$", "†": r"$^\dagger$", "‡": r"$^\ddagger$"}
 
 
 def _tex(text: str) -> str:
@@ -350,6 +419,7 @@ def render_latex(groups: list[Group]) -> str:
         lines += [f"% {g.title}"] + [f"% {k}: {v}" for k, v in g.header]
         lines += ["% metrics:"] + [f"%   {m}" for m in g.metric_info]
         lines += [f"% failed cells (ignored): {_failed(r)}" for r in g.failed]
+        lines += [f"% {test_note()}"]
         lines += [r"\begin{table}[htbp]", r"\centering", r"\small",
                   rf"\caption{{{_tex(f'{g.task}, tier {g.tier}: ' + legend())}}}",
                   rf"\label{{tab:unlearnbench-{_slug(g.task + '-' + g.tier).replace('_', '-')}}}",
@@ -416,10 +486,12 @@ _SCRIPT = """
 """
 
 _CAPTIONS = {
-    "tradeoff": "Forget rate against sample quality: seed means, error bars = seed std; dashed line: the Pareto "
-                "front (non-dominated rows, each metric in its declared direction).",
+    "tradeoff": "Forget rate against sample quality: seed means, error bars = 95% interval of the mean "
+                "(hierarchical bootstrap over seeds and each cell's replicates); dashed line: the Pareto front "
+                "(non-dominated rows by their means, each metric in its declared direction).",
     "samples": "Generated samples of each row's first seed.",
-    "forget_curve": "Forget rate against unlearning step (mean over seeds, band = std); dashed: {references}.",
+    "forget_curve": "Forget rate against unlearning step (mean over seeds, band = population std over seeds); "
+                    "dashed: {references}.",
 }
 
 
@@ -447,6 +519,7 @@ def render_html(groups: list[Group]) -> str:
                 parts.append(f'<tr{cls} data-method="{e(row.method)}">' + "".join(tds) + "</tr>")
             parts.append("</tbody></table></div>")
             parts.append(f'<p class="legend">{e(legend())}</p>')
+            parts.append(f'<p class="legend test">{e(test_note())}</p>')
         else:
             parts.append("<p>No successful cells.</p>")
         parts.append('<h3>Metrics</h3><ul class="metrics">' + "".join(f"<li>{e(m)}</li>" for m in g.metric_info)
@@ -473,9 +546,18 @@ def render_html(groups: list[Group]) -> str:
 # ------------------------------------------------------------------------------------------ figures
 
 
+def _bar(row: Row, metric: str) -> tuple[float, float, float] | None:
+    """(mean, lower, upper) of the trade-off plot: the row's mean and its 95% interval (the mean alone when
+    nothing varies)."""
+    est = row.interval(metric) if row.stats[metric][2] else None
+    if est is None:
+        return None
+    lo, hi = est["interval"] or (est["estimate"], est["estimate"])
+    return est["estimate"], lo, hi
+
+
 def _draw(group: Group, fig_dir: Path) -> None:
-    stats = {r.label: {m: (r.stats[m][0], r.stats[m][1]) if r.stats[m][2] else None for m in group.metrics}
-             for r in group.rows}
+    stats = {r.label: {m: _bar(r, m) for m in group.metrics} for r in group.rows}
     base = fig_dir / group.slug
     skipped: list[str] = []
     group.figures["tradeoff"] = figures.tradeoff_figure(

@@ -5,6 +5,10 @@ from it.
 Row order comes from the methods' roles and ``order`` (``METHODS``), column order from the metrics'
 ``order`` (``METRICS``) unless a run asks for its own; which rows are references (the model before
 unlearning, the oracle) comes from the roles, never from names.
+
+Uncertainty: each row's mean has a 95% interval, and rows are compared (with the oracle, with the best
+row) by the paired hierarchical bootstrap of ``unlearnbench.uncertainty`` over seeds and each cell's
+bootstrap replicates; ``distance_to_oracle`` aggregates the gaps (``docs/uncertainty.md``).
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ import numpy as np
 from tabulate import tabulate
 
 from unlearnbench.registry import METHODS, METRICS
+from unlearnbench.uncertainty import Cell, cell_draws, distance_to_oracle, indistinguishable, paired_bootstrap
 
 RUN_KEYS = ("seed", "forget_set")  # what distinguishes the runs averaged in one row
 Item = tuple[dict[str, Any], Path | None]  # a record and the file it came from
@@ -62,9 +67,16 @@ class Row:
     ok: list[Item]  # sorted by seed
     failed: list[dict[str, Any]] = field(default_factory=list)
     stats: dict[str, tuple[float, float, int]] = field(default_factory=dict)  # metric -> (mean, std, n)
+    #: metric -> run key (seed, forget set) -> the cell's value and draws (its bootstrap replicates, or its value)
+    draws: dict[str, dict[tuple[Any, ...], Cell]] = field(default_factory=dict)
 
     def mean(self, metric: str) -> float:
         return self.stats.get(metric, (float("nan"), float("nan"), 0))[0]
+
+    def interval(self, metric: str) -> dict[str, Any] | None:
+        """The mean over runs with its 95% hierarchical bootstrap interval (``paired_bootstrap``), or None."""
+        draws = self.draws.get(metric)
+        return paired_bootstrap(draws) if draws else None
 
 
 def _flatten(obj: Any, prefix: str = "") -> dict[str, str]:
@@ -135,7 +147,113 @@ def build_rows(items: list[Item], metrics: list[str], failed_rows: bool = True) 
             arr = np.asarray(vals, dtype=float)
             row.stats[m] = (float(arr.mean()), float(arr.std(ddof=0)), len(vals)) if vals else \
                 (float("nan"), float("nan"), 0)
+            row.draws[m] = {}
+            for rec, _ in row.ok:
+                entry = rec["metrics"].get(m) or {}
+                draws = cell_draws(entry.get("value"), entry.get("replicates"))
+                if draws is not None:
+                    row.draws[m].setdefault(run_key(rec), draws)
     return rows, notes
+
+
+def run_key(rec: dict[str, Any]) -> tuple[Any, ...]:
+    """What pairs the cells of two rows: the run's seed and forget set."""
+    return tuple(str((rec.get("config") or {}).get(k, rec["cell"].get(k))) for k in RUN_KEYS)
+
+
+def compared(metric: str) -> bool:
+    """Whether rows are compared on ``metric``: every metric but the costs (the wall-clock and pass counts of a
+    method are its price, not an estimate of a distribution)."""
+    return metric not in METRICS or METRICS.get(metric).kind != "cost"
+
+
+def target(metric: str) -> str | None:
+    """The metric's declared target (``"oracle"``: no best by direction), None when unregistered."""
+    return METRICS.get(metric).target if metric in METRICS else None
+
+
+def compare(row: Row, other: Row, metric: str) -> dict[str, Any] | None:
+    """``row`` minus ``other`` on ``metric``, paired by run, with its hierarchical bootstrap interval."""
+    a, b = row.draws.get(metric), other.draws.get(metric)
+    return paired_bootstrap(a, b) if a and b else None
+
+
+def oracle_row(rows: list[Row]) -> Row | None:
+    """The first row of the oracle role (the retrain oracle), if any."""
+    return next((r for r in rows if role(r.method) == "oracle"), None)
+
+
+def spreads(rows: list[Row], metrics: Iterable[str]) -> dict[str, float]:
+    """Per metric, the population std of the row means across rows: the scale of ``distance_to_oracle``."""
+    out = {}
+    for m in metrics:
+        means = [r.mean(m) for r in rows if r.stats.get(m, (0, 0, 0))[2]]
+        if len(means) > 1:
+            out[m] = float(np.std(means))
+    return out
+
+
+def oracle_distances(rows: list[Row], metrics: list[str]) -> dict[int, dict[str, Any]]:
+    """Per row index (the oracle's own row excluded): ``{"gaps": metric -> compare(row, oracle), "distance":
+    the aggregate}``; empty without an oracle row."""
+    oracle = oracle_row(rows)
+    if oracle is None:
+        return {}
+    names = [m for m in metrics if compared(m)]
+    scale = spreads(rows, names)
+    out = {}
+    for i, row in enumerate(rows):
+        if row is oracle:
+            continue
+        gaps = {m: compare(row, oracle, m) for m in names}
+        out[i] = {"gaps": gaps, "distance": distance_to_oracle(
+            {m: g["estimate"] for m, g in gaps.items() if g is not None}, scale)}
+    return out
+
+
+def marks(rows: list[Row], metrics: list[str], candidates: list[int]) -> tuple[dict[str, dict[int, set[str]]],
+                                                                            list[str]]:
+    """The rows indistinguishable (by ``paired_bootstrap``) from the oracle ("oracle") and from the best of
+    ``candidates`` by the metric's direction ("best"; skipped for metrics whose target is the oracle): metric
+    -> row index -> marks; and notes naming what was not testable."""
+    oracle = oracle_row(rows)
+    out: dict[str, dict[int, set[str]]] = {}
+    untestable: dict[str, list[str]] = {}
+    for m in (m for m in metrics if compared(m)):
+        out[m] = {}
+        hib = METRICS.get(m).higher_is_better if m in METRICS else None
+        with_values = [i for i in candidates if rows[i].stats.get(m, (0, 0, 0))[2]]
+        best = None
+        if with_values and hib is not None and target(m) != "oracle":
+            best = (max if hib else min)(with_values, key=lambda i: rows[i].mean(m))
+        for i, row in enumerate(rows):
+            for kind, ref in (("oracle", oracle), ("best", rows[best] if best is not None else None)):
+                if ref is None or ref is row or not row.stats.get(m, (0, 0, 0))[2]:
+                    continue
+                if kind == "best" and i not in candidates:
+                    continue
+                verdict = indistinguishable(compare(row, ref, m))
+                if verdict is None:
+                    untestable.setdefault(m, []).append(f"{row.label} vs {ref.label}")
+                elif verdict:
+                    out[m].setdefault(i, set()).add(kind)
+    notes = [f"{m}: not testable (one shared seed and no bootstrap replicates) for {', '.join(pairs)}"
+             for m, pairs in untestable.items()]
+    return out, notes
+
+
+def interval_text(row: Row, metric: str) -> str:
+    """mean [95% interval] over the row's runs (hierarchical bootstrap), the mean alone when nothing varies,
+    or n/a."""
+    est = row.interval(metric)
+    if est is None:
+        return "n/a"
+    unit = "%" if percent(metric) else ""
+    text = num(est["estimate"], metric) + unit
+    if est["interval"] is not None:
+        lo, hi = est["interval"]
+        text += f" [{num(lo, metric)}, {num(hi, metric)}]"
+    return text
 
 
 def percent(metric: str) -> bool:
@@ -161,6 +279,11 @@ def cell(row: Row, metric: str) -> str:
 
 # ------------------------------------------------------------------------------ the run's table
 
+#: How ``distance_to_oracle`` aggregates, as tables state it.
+DISTANCE_NOTE = ("distance to oracle: mean over the compared metrics (costs excluded) of |row mean − oracle mean| "
+                 "(paired by seed) / the std of that metric's row means across all rows; a convention for "
+                 "ranking (docs/uncertainty.md), 0 = the oracle's numbers")
+
 
 def comparison_table(records: list[dict[str, Any]], off_by_default: dict[str, str] | None = None,
                      fmt: str = "github", order: list[str] | None = None) -> tuple[str, list[str]]:
@@ -169,15 +292,21 @@ def comparison_table(records: list[dict[str, Any]], off_by_default: dict[str, st
     ok = [r for r in records if r.get("status") == "ok"]
     metric_names = metric_columns({m for r in ok for m in r["metrics"]}, order)
     rows, notes = build_rows([(r, None) for r in records], metric_names)
+    distances = oracle_distances(rows, metric_names)
     lines = []
-    for row in rows:
+    for i, row in enumerate(rows):
         for name in metric_names:
             for reason in sorted({r["metrics"][name].get("reason") for r, _ in row.ok if name in r["metrics"]} - {None}):
                 notes.append(f"{row.method} {name}: {reason}")
         label = row.label + (f" ({len(row.failed)} failed)" if row.failed else "")
         notes += [f"{row.method} seed {r['cell']['seed']} failed: {r.get('error')}" for r in row.failed]
-        lines.append([label, str(len(row.ok))] + [cell(row, m) for m in metric_names])
+        distance = [] if not distances else [
+            "—" if i not in distances or distances[i]["distance"] is None else f"{distances[i]['distance']:.2f}"]
+        lines.append([label, str(len(row.ok))] + [cell(row, m) for m in metric_names] + distance)
     headers = ["method", "seeds"] + [f"{n}{arrow(METRICS.get(n).higher_is_better)}" for n in metric_names]
+    if distances:
+        headers.append("distance to oracle ↓")
+        notes.append(DISTANCE_NOTE)
     table = tabulate(lines, headers=headers, tablefmt=fmt, disable_numparse=True)
     if ok:
         for name in metric_names:

@@ -50,6 +50,12 @@ def test_forget_rate_uses_l2_below_10_on_unit_pixels(tmp_path: Path) -> None:
     samples = torch.cat([near.repeat(3, 1, 1, 1), far.repeat(7, 1, 1, 1)])
     value = METRICS.get("forget_rate").compute(_ctx(samples, forget, samples, tmp_path, None))
     assert value.value == pytest.approx(0.3) and value.n_samples == 10
+    # its interval: Wilson's for 3 copies in 10 independent samples, by hand
+    z, p, n = 1.959963984540054, 0.3, 10
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    assert value.interval == pytest.approx((centre - half, centre + half), rel=1e-9)
+    assert len(value.replicates) == 200 and "Wilson" in value.interval_method  # the default bootstrap
 
 
 def _direct_features(clf_dir: Path, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:

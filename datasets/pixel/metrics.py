@@ -12,6 +12,7 @@ from unlearnbench.metrics import EvalContext, MetricValue, register_metric
 from unlearnbench.neighbours import cached_knn_search
 from unlearnbench.paths import cache_root
 from unlearnbench.sscd import COPY_THRESHOLD, SSCD_MISSING, sscd_model, sscd_similarity
+from unlearnbench.uncertainty import bootstrap_replicates, proportion_bootstrap
 
 
 def injection_passes(tier_eval: dict[str, Any]) -> tuple[float, float]:
@@ -57,7 +58,8 @@ def sscd(ctx: EvalContext) -> MetricValue:
 
 
 def injection_copy_rate(ctx: EvalContext) -> MetricValue:
-    """forget_rate of the injection tasks: the fraction of injections SSCD calls a copy."""
+    """forget_rate of the injection tasks: the fraction of injections SSCD calls a copy, with its interval
+    (the injections are independent seeded noisings: ``proportion_bootstrap``)."""
     sims = sscd_similarities(ctx)
     definition = (f"fraction of {_injection_note(ctx)}, whose SSCD similarity to the forget image exceeds "
                   f"{COPY_THRESHOLD} (the copy threshold of Somepalli et al. 2023)")
@@ -66,7 +68,8 @@ def injection_copy_rate(ctx: EvalContext) -> MetricValue:
                            implementation=definition)
     copies = sims > COPY_THRESHOLD
     return MetricValue(float(copies.float().mean()), n_samples=len(sims), reference="the forget image",
-                       extra={"copies": int(copies.sum()), "threshold": COPY_THRESHOLD}, implementation=definition)
+                       extra={"copies": int(copies.sum()), "threshold": COPY_THRESHOLD}, implementation=definition,
+                       **proportion_bootstrap(copies, bootstrap_replicates(ctx.tier_eval), ctx.seed))
 
 
 @register_metric("forget_rate_pixel", higher_is_better=False, tolerance=0.05, order=50, passes=injection_passes,
@@ -88,6 +91,7 @@ def forget_rate_pixel(ctx: EvalContext) -> MetricValue:
         extra={"copies": int(copies.sum()), "threshold_rms": threshold,
                "nearest_retain_rms": [round(float(v), 5) for v in nearest[:10]],
                "injection_rms_quantiles": [round(float(v), 5) for v in torch.quantile(dist.double(), q)],
-               "definition": _injection_note(ctx)})
+               "definition": _injection_note(ctx)},
+        **proportion_bootstrap(copies, bootstrap_replicates(ctx.tier_eval), ctx.seed))
 
 
