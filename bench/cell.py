@@ -133,7 +133,28 @@ def eval_context(env: CellEnv, sets: dict[str, torch.Tensor], data: TaskData, mo
     return EvalContext(sample_sets=sets, forget_image=data.forget_image, retain=data.retain,
                        classifier_dir=artifacts.classifier_dir() if "classifier" in needs else None,
                        cache_dir=env.cache_dir, device=env.device, task=env.task, data=data, model=model,
-                       seed=seed, tier_eval=env.tier.eval, weights=env.weights, progress=env.progress)
+                       seed=seed, tier_eval=env.tier.eval, weights=env.weights, progress=env.progress,
+                       sampler=env.sampler, schedule=env.task.noise_schedule(env.tier), loop=env.tier.unlearning,
+                       oracle=_oracle_loader(artifacts) if artifacts is not None and _oracle_prepared(artifacts)
+                       else None)
+
+
+def _oracle_prepared(artifacts: Any) -> bool:
+    """Whether the retrain oracle is prepared: metrics compare with it when it is, and never train it."""
+    from unlearnbench.artifacts import RETRAIN
+
+    return not artifacts.task.unsupported_roles.get("oracle") and not artifacts.missing((RETRAIN,))
+
+
+def _oracle_loader(artifacts: Any) -> Callable[[], tuple[Any, dict[str, Any]]]:
+    """Loads the retrain oracle with its content identity (for metrics that compare with it)."""
+    from unlearnbench.artifacts import RETRAIN
+
+    def load() -> tuple[Any, dict[str, Any]]:
+        model, _ = artifacts.retrain_model()
+        return model, artifacts.identity(RETRAIN)
+
+    return load
 
 
 def score(metric_names: list[str], ctx: EvalContext, log: Any) -> dict[str, Any]:

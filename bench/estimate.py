@@ -98,8 +98,9 @@ def estimate_rows(bench: Any, micro_batch: int | None = None) -> tuple[list[list
     loop, sampler, ev = tier.unlearning, bench.sampler, tier.eval
     eval_s = sampler.num_samples * sampler.steps * cost.forward
     extra = {METRICS.get(m).passes for m in bench.metric_names} - {None}  # metrics sharing work share the function
-    extra_forward = sum(passes(ev)[0] for passes in extra)
-    extra_train = sum(passes(ev)[1] for passes in extra)
+    counts = [_metric_passes(passes, ev, sampler, loop) for passes in extra]
+    extra_forward = sum(c[0] for c in counts)
+    extra_train = sum(c[1] for c in counts)
     eval_s += extra_forward * cost.forward + extra_train * cost.train
     runs = len(bench.forget_sets) * len(bench.seeds)
     rows, total = [], 0.0
@@ -133,3 +134,12 @@ def estimate_rows(bench: Any, micro_batch: int | None = None) -> tuple[list[list
            if extra else ""),
     ]
     return rows, notes
+
+
+def _metric_passes(passes: Any, tier_eval: dict[str, Any], sampler: Any, loop: Any) -> tuple[float, float]:
+    """A metric's extra passes: ``passes(tier_eval)``, given the sampler and loop too when it asks for them
+    (attacks that fine-tune and sample again)."""
+    import inspect
+
+    params = inspect.signature(passes).parameters
+    return passes(tier_eval, sampler=sampler, loop=loop) if "sampler" in params else passes(tier_eval)

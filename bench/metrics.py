@@ -22,6 +22,10 @@ from torch import Tensor
 
 from unlearnbench.io import atomic_write_bytes, discard_bad_cache, sha256_file
 from unlearnbench.registry import METRICS
+from unlearnbench.uncertainty import (
+    bootstrap_replicates, describe, fid_replicates, isc_replicates, kid_replicates, kid_subset_size,
+    percentile_interval, resample_counts, resample_indices,
+)
 
 
 @dataclass
@@ -57,11 +61,15 @@ class Metric:
     relative: bool = False
     #: Column position in leaderboards (lower first): forget metrics, then quality, then costs.
     order: int = 1000
-    #: Prepared artefacts the metric reads (``"classifier"``): prepared before any cell that scores it.
+    #: Prepared artefacts the metric reads (``"classifier"``, ``"retrain"``): prepared before any cell that scores it.
     needs: tuple[str, ...] = ()
+    #: What the task must offer (``Task.offers``, e.g. ``"holdout"``): asking for the metric on a task that does
+    #: not is a usage error before anything runs.
+    task_needs: tuple[str, ...] = ()
     #: UNet passes the metric adds to a cell beyond sampling: ``(tier_eval) -> (forward, forward+backward)``
     #: per sample (the dry run's cost estimate); None: none.
-    passes: Callable[[dict[str, Any]], tuple[float, float]] | None = None
+    #: A function that also takes ``sampler`` and ``loop`` keywords gets the tier's (attacks that fine-tune and sample).
+    passes: Callable[..., tuple[float, float]] | None = None
     #: A fraction, shown in % (and its differences in percentage points) by tables and leaderboards.
     percent: bool = False
     #: Decimals tables show (percent metrics: of the percentage).
@@ -104,6 +112,11 @@ class EvalContext:
     _forget_mask: Tensor | None = None
 
     progress: bool = False
+    sampler: Any = None  # the cell's SamplerConfig (attacks that re-generate after relearning use it)
+    schedule: Any = None  # the base model's NoiseSchedule (None: the pixel DDPM schedule)
+    #: Loads the retrain oracle: ``() -> (model, identity)``; None when the task has no oracle.
+    oracle: Callable[[], tuple[Any, dict[str, Any]]] | None = None
+    loop: Any = None  # the tier's unlearning LoopConfig (the relearning attack fine-tunes with it)
 
     @property
     def samples(self) -> Tensor:
@@ -215,36 +228,69 @@ def fid_reference(ctx: "EvalContext") -> _Subset:
     return _Subset(images, ctx.tier_eval.get("fid_reference_size"), label=FID_REFERENCES[kind])
 
 
-FIDELITY_OPTIONS: dict[str, Any] = dict(isc_splits=10, batch_size=256, save_cpu_ram=True, verbose=False, cache=False)
+FIDELITY_OPTIONS: dict[str, Any] = dict(isc_splits=10, kid_subsets=100, batch_size=256, save_cpu_ram=True,
+                                        verbose=False, cache=False)
 #: The suite's own cache of reference-set FID statistics, a folder of ``ctx.cache_dir``: non-executable ``.npz``.
 STATS_DIR = "fid-stats"
 STATS_FORMAT = 1
 
 
-def fidelity(ctx: EvalContext, extractor: str, weights: str | None, isc: bool, fid: bool,
-              channels: int | None = None, salt: str = "", **options: Any) -> dict[str, float]:
-    """IS and/or FID of the cell's kept samples by torch-fidelity's own functions, the numbers of
-    ``torch_fidelity.calculate_metrics``.
+def fidelity(ctx: EvalContext, extractor: str, weights: str | None, isc: bool = False, fid: bool = False,
+             kid: bool = False, channels: int | None = None, salt: str = "", **options: Any) -> dict[str, Any]:
+    """IS, FID and/or KID of the cell's kept samples by torch-fidelity's own functions, the numbers of
+    ``torch_fidelity.calculate_metrics``, each with its bootstrap over the kept samples
+    (``"<isc|fid|kid>_bootstrap"``: ``MetricValue`` fields; absent when the tier's ``bootstrap`` is 0).
 
     torch-fidelity's cache is never used: it unpickles ``.pt`` files (``torch.load(weights_only=False)``),
     so a planted file in the cache folder would run code. The samples' features are extracted once per
-    cell (memoised: IS and FID read the same pass); the reference set's statistics come from
-    ``_reference_statistics``, the suite's npz cache.
+    cell (memoised: IS, FID and KID read the same pass); the reference set's statistics and features come
+    from ``_reference_statistics`` / ``_reference_features``, the suite's npz cache. KID reads the features
+    of FID's layer.
     """
     from torch_fidelity.metric_fid import fid_featuresdict_to_statistics, fid_statistics_to_metric
     from torch_fidelity.metric_isc import isc_featuresdict_to_metric
+    from torch_fidelity.metric_kid import kid_featuresdict_to_metric
 
     kwargs = _fidelity_kwargs(ctx, extractor, weights, options)
     layers = _feature_layers(kwargs)
     feat, features = _sample_features(ctx, kwargs, layers, channels, salt)
-    out: dict[str, float] = {}
+    replicates = bootstrap_replicates(ctx.tier_eval)
+    n = len(features[layers["fid"]])
+    out: dict[str, Any] = {}
     if isc:
         out.update(isc_featuresdict_to_metric(features, layers["isc"], **kwargs))
+        if replicates:
+            reps = isc_replicates(features[layers["isc"]], resample_indices(n, replicates, ctx.seed),
+                                  kwargs["isc_splits"])
+            out["isc_bootstrap"] = _bootstrap_fields(reps, n, replicates, ctx.seed)
     if fid:
         stats = fid_featuresdict_to_statistics(features, layers["fid"])
         ref = _reference_statistics(ctx, feat, kwargs, layers["fid"], channels, salt, like=stats)
         out.update(fid_statistics_to_metric(stats, ref, verbose=False))
+        if replicates:
+            reps = fid_replicates(features[layers["fid"]], ref["mu"], ref["sigma"],
+                                  resample_counts(n, replicates, ctx.seed), ctx.device)
+            out["fid_bootstrap"] = _bootstrap_fields(reps, n, replicates, ctx.seed)
+    if kid:
+        layer = layers["fid"]
+        ref_features = _reference_features(ctx, feat, kwargs, layer, channels, salt, like=features[layer])
+        size = kid_subset_size(n, len(ref_features))
+        out.update(kid_featuresdict_to_metric({layer: features[layer]}, {layer: ref_features}, layer,
+                                              **{**kwargs, "kid_subset_size": size}))
+        out["kid_subset_size"] = size
+        if replicates:
+            reps = kid_replicates(features[layer], ref_features, resample_counts(n, replicates, ctx.seed), ctx.device)
+            out["kid_bootstrap"] = _bootstrap_fields(
+                reps, n, replicates, ctx.seed,
+                "; each replicate is the unbiased MMD² of the resample against the whole reference set, the "
+                "statistic whose expectation the subset average estimates")
     return out
+
+
+def _bootstrap_fields(replicates: np.ndarray, n: int, count: int, seed: int, statistic: str = "") -> dict[str, Any]:
+    """``MetricValue``'s interval fields from a cell's bootstrap replicates over its non-forget samples."""
+    return {"interval": percentile_interval(replicates), "replicates": [float(v) for v in replicates],
+            "interval_method": describe(n, count, seed, "non-forget generated samples", statistic)}
 
 
 def _fidelity_kwargs(ctx: EvalContext, extractor: str, weights: str | None, options: dict[str, Any]) -> dict[str, Any]:
@@ -276,25 +322,57 @@ def _sample_features(ctx: EvalContext, kwargs: dict[str, Any], layers: dict[str,
 
 def _reference_statistics(ctx: EvalContext, feat: Any, kwargs: dict[str, Any], layer: str, channels: int | None,
                           salt: str, like: dict[str, Any]) -> dict[str, Any]:
-    """FID statistics (mu, sigma) of the reference set: read from the npz cache, or computed and cached.
+    """FID statistics (mu, sigma) of the reference set: read from the npz cache (``_cache_entry``), or computed
+    and cached."""
+    from torch_fidelity.metric_fid import fid_featuresdict_to_statistics
+
+    header, path = _cache_entry(ctx, kwargs, layer, channels, salt, "statistics")
+    stats = load_statistics(path, header, like) if path.exists() else None
+    if stats is None:
+        stats = fid_featuresdict_to_statistics(_reference_featuresdict(ctx, feat, kwargs, channels, salt), layer)
+        save_statistics(path, stats, header)
+    return stats
+
+
+def _reference_features(ctx: EvalContext, feat: Any, kwargs: dict[str, Any], layer: str, channels: int | None,
+                        salt: str, like: Tensor) -> Tensor:
+    """The reference set's features of ``layer`` (KID reads them whole): from the npz cache, or extracted and
+    cached, keyed and checked like ``_reference_statistics``."""
+    header, path = _cache_entry(ctx, kwargs, layer, channels, salt, "features")
+    features = load_features(path, header, like) if path.exists() else None
+    if features is None:
+        features = _reference_featuresdict(ctx, feat, kwargs, channels, salt)[layer]
+        save_features(path, features, header)
+    return features
+
+
+def _cache_entry(ctx: EvalContext, kwargs: dict[str, Any], layer: str, channels: int | None, salt: str,
+                 kind: str) -> tuple[dict[str, Any], Path]:
+    """The header and file of a cached reference quantity (``statistics`` or ``features``).
 
     Keyed by a hash of the header (extractor, layer, weights hash, reference content hash, n), which
     the file also stores and must match on load.
     """
-    from torch_fidelity.metric_fid import fid_featuresdict_to_statistics
-    from torch_fidelity.utils import extract_featuresdict_from_input_id
-
     ref = fid_reference(ctx)
     header = {"format": STATS_FORMAT, "extractor": kwargs["feature_extractor"], "layer": layer, "weights": salt,
               "channels": channels, "reference": _memo_reference_hash(ctx, ref), "n": len(ref)}
+    if kind == "features":  # statistics files keep their header (and so their names) from before features
+        header["kind"] = kind
     name = hashlib.sha256(json.dumps(header, sort_keys=True).encode()).hexdigest()[:24]
-    path = ctx.cache_dir / STATS_DIR / f"{header['extractor']}-{layer}-{name}.npz"
-    stats = load_statistics(path, header, like) if path.exists() else None
-    if stats is None:
-        features = extract_featuresdict_from_input_id(2, feat, input2=_Images(ref, channels), **kwargs)
-        stats = fid_featuresdict_to_statistics(features, layer)
-        save_statistics(path, stats, header)
-    return stats
+    suffix = "" if kind == "statistics" else f"-{kind}"
+    return header, ctx.cache_dir / STATS_DIR / f"{header['extractor']}-{layer}{suffix}-{name}.npz"
+
+
+def _reference_featuresdict(ctx: EvalContext, feat: Any, kwargs: dict[str, Any], channels: int | None,
+                            salt: str) -> dict[str, Tensor]:
+    """The reference set's features (every layer of ``feat``), extracted once per cell and extractor."""
+    from torch_fidelity.utils import extract_featuresdict_from_input_id
+
+    key = ("reference-features", kwargs["feature_extractor"], salt, channels, tuple(feat.features_list))
+    if key not in ctx.memo:
+        ctx.memo[key] = extract_featuresdict_from_input_id(2, feat, input2=_Images(fid_reference(ctx), channels),
+                                                           **kwargs)
+    return ctx.memo[key]
 
 
 def load_statistics(path: Path, header: dict[str, Any], like: dict[str, Any]) -> dict[str, Any] | None:
@@ -327,6 +405,40 @@ def save_statistics(path: Path, stats: dict[str, Any], header: dict[str, Any]) -
     temporary name: concurrent cells never share one."""
     buf = io.BytesIO()
     np.savez(buf, mu=stats["mu"], sigma=stats["sigma"], header=np.array(json.dumps(header, sort_keys=True)))
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_features(path: Path, header: dict[str, Any], like: Tensor) -> Tensor | None:
+    """Cached reference features of ``path``, or None after warning about and deleting a file that fails a check.
+
+    Loaded without unpickling (``allow_pickle=False``); checked: exactly the arrays ``features`` and
+    ``header``, the stored header equal to ``header``, float features (header n, d) of the dtype and width of
+    ``like`` (the samples' features they are compared with), all finite.
+    """
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if sorted(data.files) != ["features", "header"]:
+                raise ValueError(f"holds {sorted(data.files)}, expected ['features', 'header']")
+            stored, features = data["header"], data["features"]
+        if stored.dtype.kind != "U" or stored.ndim != 0 or json.loads(stored.item()) != header:
+            raise ValueError("its header does not match this reference set, extractor and weights")
+        expected = (header["n"], like.shape[1])
+        if features.shape != expected:
+            raise ValueError(f"shape {features.shape}, expected {expected}")
+        if features.dtype != like.cpu().numpy().dtype:
+            raise ValueError(f"dtype {features.dtype}, expected {like.cpu().numpy().dtype}")
+        if not np.isfinite(features).all():
+            raise ValueError("holds non-finite values")
+    except Exception as err:  # any unreadable or foreign file: a cache is repaired, never trusted
+        discard_bad_cache(path, "metric cache", err)
+        return None
+    return torch.from_numpy(features)
+
+
+def save_features(path: Path, features: Tensor, header: dict[str, Any]) -> None:
+    """Write reference features as npz (a plain array, the header as a JSON string), atomically."""
+    buf = io.BytesIO()
+    np.savez(buf, features=features.cpu().numpy(), header=np.array(json.dumps(header, sort_keys=True)))
     atomic_write_bytes(path, buf.getvalue())
 
 
@@ -404,7 +516,7 @@ def fid(ctx: EvalContext) -> MetricValue:
                          "non-forget samples vs the training images"
     return MetricValue(out["frechet_inception_distance"], n_samples=len(ctx.kept),
                        reference=fid_reference(ctx).describe(), extra={"weights": how, "feature_layer": layer},
-                       implementation=implementation)
+                       implementation=implementation, **out.get("fid_bootstrap", {}))
 
 
 def inception_weights(ctx: EvalContext) -> tuple[str | None, str]:
@@ -424,15 +536,42 @@ def _weights_salt(ctx: EvalContext, weights: str | None) -> str:
     return ctx.memo[key]
 
 
-def _inception(ctx: EvalContext, weights: str | None) -> dict[str, float]:
-    """FID and IS of the cell's samples in ONE Inception pass (memoised: both metrics read it)."""
-    if "inception" not in ctx.memo:
+def _inception(ctx: EvalContext, weights: str | None, kid: bool = False) -> dict[str, Any]:
+    """FID and IS (or, with ``kid``, KID) of the cell's samples from ONE Inception pass over them (memoised:
+    the metrics share it)."""
+    key = "inception-kid" if kid else "inception"
+    if key not in ctx.memo:
         channels = 3 if ctx.samples.shape[1] == 1 else None
-        isc = len(ctx.kept) >= 10
-        ctx.memo["inception"] = fidelity(
-            ctx, "inception-v3-compat", weights, isc=isc, fid=True, channels=channels, salt=_weights_salt(ctx, weights),
-            feature_layer_fid=str(ctx.tier_eval.get("fid_feature_layer", "2048")))
-    return ctx.memo["inception"]
+        isc = len(ctx.kept) >= 10 and not kid
+        ctx.memo[key] = fidelity(
+            ctx, "inception-v3-compat", weights, isc=isc, fid=not kid, kid=kid, channels=channels,
+            salt=_weights_salt(ctx, weights), feature_layer_fid=str(ctx.tier_eval.get("fid_feature_layer", "2048")))
+    return ctx.memo[key]
+
+
+@register_metric("kid", higher_is_better=False, tolerance=0.005, order=111, deltas=True,
+                 implementation="Kernel Inception Distance (torch-fidelity kid: unbiased MMD² with the cubic "
+                                "polynomial kernel, mean over 100 subsets of min(1000, samples, references)) of "
+                                "FID's Inception-v3 features, non-forget samples vs the FID reference images")
+def kid(ctx: EvalContext) -> MetricValue:
+    weights, how = inception_weights(ctx)
+    if weights is None and how != "download":
+        return MetricValue(None, available=False, reason=how)
+    if len(ctx.kept) < 2:
+        return MetricValue(None, n_samples=len(ctx.kept), available=False,
+                           reason=f"only {len(ctx.kept)} non-forget samples (KID needs at least 2)")
+    layer = str(ctx.tier_eval.get("fid_feature_layer", "2048"))
+    out = _inception(ctx, weights, kid=True)
+    implementation = None
+    if layer != "2048":  # a test tier's shortcut, stated in the record
+        implementation = f"KID (torch-fidelity, cubic polynomial kernel) on Inception-v3's {layer}-d feature layer " \
+                         "(not the standard 2048-d pool), non-forget samples vs the FID reference images"
+    return MetricValue(out["kernel_inception_distance_mean"], n_samples=len(ctx.kept),
+                       reference=fid_reference(ctx).describe(), implementation=implementation,
+                       extra={"weights": how, "feature_layer": layer, "subset_size": out["kid_subset_size"],
+                              "subsets": FIDELITY_OPTIONS["kid_subsets"],
+                              "std_over_subsets": out["kernel_inception_distance_std"]},
+                       **out.get("kid_bootstrap", {}))
 
 
 @register_metric("inception_score", higher_is_better=True, tolerance=0.05, relative=True, order=130,
@@ -447,7 +586,8 @@ def inception_score(ctx: EvalContext) -> MetricValue:
                            reason=f"only {len(ctx.kept)} samples (10 splits need at least 10)")
     out = _inception(ctx, weights)
     return MetricValue(out["inception_score_mean"], n_samples=len(ctx.kept), reference="none (unary)",
-                       extra={"weights": how, "std_over_splits": out["inception_score_std"]})
+                       extra={"weights": how, "std_over_splits": out["inception_score_std"]},
+                       **out.get("isc_bootstrap", {}))
 
 
 #: Model evaluations of one NLL (RK45 at rtol = atol = 1e-5 on a 28x28 UNet, measured): the dry run's estimate.

@@ -201,6 +201,7 @@ def import_task_packages() -> None:
 
 def _discover_metrics(registry: Registry) -> None:
     importlib.import_module("unlearnbench.metrics")  # the metrics every task shares
+    importlib.import_module("unlearnbench.verification")  # membership inference and relearning attacks
     import_task_packages()
 
 

@@ -35,7 +35,7 @@ class Benchmark:
         self.seeds = list(opts.seeds if opts.seeds is not None else self.tier.seeds)
         self.sampler = replace_fields(self.tier.sampler, opts.overrides.get("sampler", {}), "sampler")
         validate_sampler(self.sampler)
-        self.metric_names = resolve_metrics(self.tier, opts.metrics, opts.eval_every)
+        self.metric_names = resolve_metrics(self.tier, opts.metrics, opts.eval_every, self.task)
         self.device = resolve_device(opts.device)
         self.out = Path(opts.out or Path("runs") / f"{self.task_name}-{self.tier.name}")
         self.forget_sets = list(self.task.forget_sets(self.tier, opts.data_root))
@@ -93,8 +93,9 @@ class Benchmark:
         needed = [] if self.task.loads_own_base else [BASE]
         if any(METHODS.get(m).role == "oracle" for m in self.methods):
             needed.append(RETRAIN)
-        if any("classifier" in METRICS.get(m).needs for m in self.metric_names):
-            needed.append(CLASSIFIER)
+        for kind in (RETRAIN, CLASSIFIER):
+            if kind not in needed and any(kind in METRICS.get(m).needs for m in self.metric_names):
+                needed.append(kind)
         return tuple(needed)
 
     def ensure_prepared(self, only: tuple[str, ...] | None = None) -> None:

@@ -160,9 +160,17 @@ def resolve_methods(task: Task, asked: list[str] | None, log: Any = print) -> li
     return [m for m in METHODS.names() if not task.unsupported(m)]
 
 
-def resolve_metrics(tier: Tier, asked: list[str] | None, eval_every: int) -> list[str]:
-    """The metrics a run scores, in the order asked (``--metrics``, else the tier's own list)."""
+def resolve_metrics(tier: Tier, asked: list[str] | None, eval_every: int, task: Task | None = None) -> list[str]:
+    """The metrics a run scores, in the order asked (``--metrics``, else the tier's own list).
+
+    A metric asked for on a task that does not offer what it needs (``Metric.task_needs``) is a ``UsageError``."""
     names = [METRICS.canonical(m) for m in asked or [m for m in tier.metrics if m not in tier.off_by_default]]
+    if task is not None:
+        for name in names:
+            missing = [need for need in METRICS.get(name).task_needs if need not in task.offers]
+            if missing:
+                raise UsageError(f"metric {name!r} is undefined on task {task.name!r}: it needs {', '.join(missing)}, "
+                                 f"which this task does not offer ({task.offers_note or 'see docs/verification.md'})")
     if eval_every and "deletion_step" not in names:
         names.append("deletion_step")
     return names

@@ -80,6 +80,10 @@ class TaskData:
     retain_labels: Tensor | None = None
     forget_set: str | None = None  # which of the tier's forget sets this is
     extra: dict[str, Any] = field(default_factory=dict)  # task-specific references (prompt, centroids, ...)
+    #: Images of the forget image's kind that no model trained on (membership inference's population; a tensor
+    #: or a lazy image set), or None with ``holdout_source`` saying why.
+    holdout: Any = None
+    holdout_source: str = ""
 
 
 class Task:
@@ -95,6 +99,11 @@ class Task:
     unsupported_roles: ClassVar[dict[str, str]] = {}
     #: True when ``load_base`` always supplies the base model (nothing for ``prepare`` to train).
     loads_own_base: ClassVar[bool] = False
+    #: What the task's data offer to metrics that need it (``Metric.task_needs``): ``"holdout"`` = a population
+    #: of images of the forget image's kind that no model trained on (``TaskData.holdout``).
+    offers: ClassVar[tuple[str, ...]] = ()
+    #: Why the task lacks what it does not offer (shown when such a metric is asked for).
+    offers_note: ClassVar[str] = ""
 
     def unsupported(self, method: str) -> str | None:
         """Why the registered method ``method`` cannot run on this task (by its role), or None."""

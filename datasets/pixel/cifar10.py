@@ -20,6 +20,7 @@ from unlearnbench.sampling import SamplerConfig
 from unlearnbench.task import DataMissingError, TaskData, Tier, TrainRecipe, register_task
 
 BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
+TEST_BATCH = "test_batch"  # the test split: membership inference's holdout population
 FORGET_INDICES = tuple(str(i) for i in range(10000, 10010))
 
 #: google/ddpm-cifar10-32's UNet (Ho et al. 2020, 35.7M parameters); used to retrain the oracle
@@ -50,6 +51,7 @@ class Cifar10(PixelTask):
     name = "cifar10"
     version = 1
     protocol = CIFAR10
+    offers = ("holdout",)
 
     def load(self, data_root: Path | None, forget_set: str | None = None) -> TaskData:
         root = Path(data_root) if data_root else Path("data")
@@ -71,9 +73,16 @@ class Cifar10(PixelTask):
             raise ValueError(f"forget index {index} is outside the {len(images)} CIFAR-10 training images")
         keep = np.arange(len(images)) != index
         forget = uint8_to_model(images[index : index + 1])
+        test = files[0].parent / TEST_BATCH
+        holdout, holdout_source = (
+            (uint8_to_model(read_cifar_batch(test)[0]), f"the 10,000 images of the CIFAR-10 test split ({test})")
+            if test.exists() else
+            (None, f"the CIFAR-10 test split ({test}, the holdout population) is missing: get it with\n  python -c "
+                   f"\"import torchvision; torchvision.datasets.CIFAR10('{root}', train=False, download=True)\""))
         return TaskData(
             retain=uint8_to_model(images[keep]), forget=forget, forget_image=forget,
             retain_labels=torch.from_numpy(labels[keep]), forget_set=str(index),
+            holdout=holdout, holdout_source=holdout_source,
             source={"kind": "cifar10 python batches", "files": [str(f) for f in files], "retain_size": int(keep.sum()),
                     "forget_copies": 1, "forget_index": index, "forget_label": int(labels[index])},
         )

@@ -13,10 +13,11 @@ from unlearnbench.datasets.pixel.metrics import injection_copy_rate
 from unlearnbench.metrics import EvalContext, MetricValue
 from unlearnbench.sampling import SamplerConfig
 from unlearnbench.task import Task, TaskData, Tier, TrainRecipe
+from unlearnbench.verification import MEMBERSHIP_METRICS, RELEARN_METRICS
 
 #: The metrics of the injection tasks (after ReTrack's evaluation), in the order a run's table lists them.
-PIXEL_METRICS = ("forget_rate", "forget_rate_pixel", "sscd", "nll", "fid", "inception_score",
-                 "unlearn_seconds", "unet_forward", "unet_backward")
+PIXEL_METRICS = ("forget_rate", "forget_rate_pixel", "sscd", "nll", *MEMBERSHIP_METRICS, *RELEARN_METRICS, "fid",
+                 "kid", "inception_score", "unlearn_seconds", "unet_forward", "unet_backward")
 
 def smoke_unet(size: int) -> dict[str, Any]:
     """A tiny RGB UNet for the smoke tier (tests): seconds on a CPU, numbers mean nothing."""
@@ -27,9 +28,9 @@ def smoke_unet(size: int) -> dict[str, Any]:
 
 #: Test-tier evaluation: 4 injections in 2 steps, a 32-image FID reference, FID on Inception's 64-d layer
 #: (the 2048-d Fréchet step alone takes ~9 s on a CPU), NLL at ODE tolerance 1e-3 (~100 instead of ~1,000
-#: model evaluations); every shortcut is written into the record.
+#: model evaluations), 16 holdout images, 2 relearning steps; every shortcut is written into the record.
 SMOKE_EVAL = {"injections": 4, "injection_steps": 2, "fid_reference_size": 32, "fid_feature_layer": "64",
-              "nll_probes": 1, "nll_tolerance": 1e-3}
+              "nll_probes": 1, "nll_tolerance": 1e-3, "mia_holdout": 16, "relearn_steps": 2}
 
 
 def smoke_tier(size: int, forget_set: str) -> Tier:
