@@ -66,6 +66,9 @@ class Metric:
     #: What the task must offer (``Task.offers``, e.g. ``"holdout"``): asking for the metric on a task that does
     #: not is a usage error before anything runs.
     task_needs: tuple[str, ...] = ()
+    #: Checks the tier's evaluation settings the metric reads (raises ``ValueError`` with the reason): bad
+    #: settings are refused before any cell runs, not found in every record.
+    check: Callable[[dict[str, Any]], Any] | None = None
     #: UNet passes the metric adds to a cell beyond sampling: ``(tier_eval) -> (forward, forward+backward)``
     #: per sample (the dry run's cost estimate); None: none.
     #: A function that also takes ``sampler`` and ``loop`` keywords gets the tier's (attacks that fine-tune and sample).
@@ -459,7 +462,8 @@ def _reference_hash(ref: _Subset, salt: str) -> str:
     return h.hexdigest()[:24]
 
 
-@register_metric("forget_rate", higher_is_better=False, tolerance=0.01, order=10, percent=True, digits=1, deltas=True,
+@register_metric("forget_rate", check=bootstrap_replicates,
+                 higher_is_better=False, tolerance=0.01, order=10, percent=True, digits=1, deltas=True,
                  implementation="task-defined (each value records its definition in its implementation)")
 def forget_rate(ctx: EvalContext) -> MetricValue:
     """The task's forget rate: each task defines what counts as remembering its forget set."""
@@ -501,7 +505,8 @@ def _online() -> bool:
         return False
 
 
-@register_metric("fid", higher_is_better=False, tolerance=0.10, relative=True, order=110, deltas=True,
+@register_metric("fid", check=bootstrap_replicates,
+                 higher_is_better=False, tolerance=0.10, relative=True, order=110, deltas=True,
                  implementation="Inception-v3 FID (torch-fidelity inception-v3-compat, 2048-d pool features; grayscale "
                                 "repeated to 3 channels), non-forget samples vs the training (retain) images")
 def fid(ctx: EvalContext) -> MetricValue:
@@ -549,7 +554,8 @@ def _inception(ctx: EvalContext, weights: str | None, kid: bool = False) -> dict
     return ctx.memo[key]
 
 
-@register_metric("kid", higher_is_better=False, tolerance=0.005, order=111, deltas=True,
+@register_metric("kid", check=bootstrap_replicates,
+                 higher_is_better=False, tolerance=0.005, order=111, deltas=True,
                  implementation="Kernel Inception Distance (torch-fidelity kid: unbiased MMD² with the cubic "
                                 "polynomial kernel, mean over 100 subsets of min(1000, samples, references)) of "
                                 "FID's Inception-v3 features, non-forget samples vs the FID reference images")
@@ -574,7 +580,8 @@ def kid(ctx: EvalContext) -> MetricValue:
                        **out.get("kid_bootstrap", {}))
 
 
-@register_metric("inception_score", higher_is_better=True, tolerance=0.05, relative=True, order=130,
+@register_metric("inception_score", check=bootstrap_replicates,
+                 higher_is_better=True, tolerance=0.05, relative=True, order=130,
                  implementation="Inception Score (torch-fidelity isc, inception-v3-compat logits, 10 splits) of the "
                                 "generated samples that are not copies of the forget image")
 def inception_score(ctx: EvalContext) -> MetricValue:

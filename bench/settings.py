@@ -165,12 +165,17 @@ def resolve_metrics(tier: Tier, asked: list[str] | None, eval_every: int, task: 
 
     A metric asked for on a task that does not offer what it needs (``Metric.task_needs``) is a ``UsageError``."""
     names = [METRICS.canonical(m) for m in asked or [m for m in tier.metrics if m not in tier.off_by_default]]
-    if task is not None:
-        for name in names:
-            missing = [need for need in METRICS.get(name).task_needs if need not in task.offers]
-            if missing:
-                raise UsageError(f"metric {name!r} is undefined on task {task.name!r}: it needs {', '.join(missing)}, "
-                                 f"which this task does not offer ({task.offers_note or 'see docs/verification.md'})")
+    for name in names:
+        metric = METRICS.get(name)
+        missing = [need for need in metric.task_needs if task is not None and need not in task.offers]
+        if missing:
+            raise UsageError(f"metric {name!r} is undefined on task {task.name!r}: it needs {', '.join(missing)}, "
+                             f"which this task does not offer ({task.offers_note or 'see docs/verification.md'})")
+        if metric.check is not None:
+            try:
+                metric.check(tier.eval)
+            except ValueError as err:
+                raise UsageError(f"metric {name!r} cannot run with tier {tier.name!r}'s settings: {err}") from None
     if eval_every and "deletion_step" not in names:
         names.append("deletion_step")
     return names

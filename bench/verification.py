@@ -168,6 +168,16 @@ MIA_TEXT = {
 }
 
 
+def _check_mia(tier_eval: dict[str, Any]) -> None:
+    AttackSettings.from_tier(tier_eval)
+    bootstrap_replicates(tier_eval)
+
+
+def _check_relearn(tier_eval: dict[str, Any]) -> None:
+    _check_mia(tier_eval)
+    RelearnSettings.from_tier(tier_eval)
+
+
 def _register_attack(attack: str, order: int) -> None:
     def compute(ctx: EvalContext) -> MetricValue:
         return membership_value(ctx, attack)
@@ -175,6 +185,7 @@ def _register_attack(attack: str, order: int) -> None:
     register_metric(
         f"mia_{attack}", higher_is_better=False, target="oracle", order=order,
         task_needs=("holdout",), digits=3, tolerance=0.15, passes=lambda e, a=attack: _mia_passes(e, a),
+        check=_check_mia,
         implementation=f"percentile rank of the forget image's {MIA_TEXT[attack]} among the task's holdout "
                        f"population (1 = looks more like a training member than every holdout image; the retrain "
                        f"oracle's rank on the same images and noise is in extra.oracle_rank, the gap in extra.gap)",
@@ -365,7 +376,7 @@ def _register_relearn(variant: str, measure: str, order: int) -> None:
         f"{variant}_{measure}", higher_is_better=higher, order=order, percent=percent, tolerance=tolerance,
         relative=relative,
         digits=digits, target="oracle" if measure != "forget_rate" else None,
-        task_needs=("holdout",), passes=_RELEARN_PASSES[variant],
+        task_needs=("holdout",), passes=_RELEARN_PASSES[variant], check=_check_relearn,
         implementation=f"{what} after the relearning attack: the unlearned model {RELEARN_TEXT[variant]} with the "
                        f"tier's unlearning optimiser, batch size and learning rate; the retrain oracle's value under "
                        f"the same attack is in extra.oracle_value",

@@ -179,6 +179,15 @@ def test_a_metric_undefined_on_the_task_is_a_usage_error() -> None:
         resolve_metrics(tier, ["mia_loss"], 0, sd)
     mnist = TASKS.get("mnist_tshirt_mini")
     assert resolve_metrics(mnist.tier("smoke"), ["mia_loss", "relearn_forget_rate"], 0, mnist)
+    # bad settings are refused before any cell runs
+    import dataclasses
+
+    zero = dataclasses.replace(mnist.tier("smoke"), eval={"relearn_steps": 0})
+    with pytest.raises(UsageError, match="relearn_forget_rate.*relearn_steps must be a positive integer"):
+        resolve_metrics(zero, ["relearn_forget_rate"], 0, mnist)
+    odd = dataclasses.replace(mnist.tier("smoke"), eval={"mia_holdout": 1})
+    with pytest.raises(UsageError, match="mia_pia.*mia_holdout"):
+        resolve_metrics(odd, ["mia_pia"], 0, mnist)
 
 
 def _ctx(tmp_path: Path, model: torch.nn.Module, holdout: torch.Tensor | None, tier_eval: dict) -> EvalContext:

@@ -62,7 +62,8 @@ def _dir_hash(folder: Path) -> str:
     return h.hexdigest()[:16]
 
 
-@register_metric("is_clf", higher_is_better=True, tolerance=0.05, relative=True, order=120, needs=("classifier",),
+@register_metric("is_clf", check=bootstrap_replicates,
+                 higher_is_better=True, tolerance=0.05, relative=True, order=120, needs=("classifier",),
                  deltas=True,
                  implementation="Inception-Score formula on the logits of the suite's MNIST classifier, 10 splits, "
                                 "non-forget samples only (torch-fidelity isc, registered classifier extractor; max 10)")
@@ -74,7 +75,8 @@ def is_clf(ctx: EvalContext) -> MetricValue:
                        extra={"std_over_splits": out["inception_score_std"]}, **out.get("isc_bootstrap", {}))
 
 
-@register_metric("fid_clf", higher_is_better=False, tolerance=0.25, relative=True, order=100, needs=("classifier",),
+@register_metric("fid_clf", check=bootstrap_replicates,
+                 higher_is_better=False, tolerance=0.25, relative=True, order=100, needs=("classifier",),
                  deltas=True,
                  implementation="Frechet distance of the MNIST classifier's penultimate features, non-forget samples "
                                 "vs the retain digits (torch-fidelity fid, registered classifier extractor, float64)")
@@ -86,7 +88,8 @@ def fid_clf(ctx: EvalContext) -> MetricValue:
                        reference=fid_reference(ctx).describe(), **out.get("fid_bootstrap", {}))
 
 
-@register_metric("kid_clf", higher_is_better=False, tolerance=0.01, order=101, needs=("classifier",), deltas=True,
+@register_metric("kid_clf", check=bootstrap_replicates,
+                 higher_is_better=False, tolerance=0.01, order=101, needs=("classifier",), deltas=True,
                  implementation="Kernel distance of the MNIST classifier's penultimate features (torch-fidelity kid: "
                                 "unbiased MMD² with the cubic polynomial kernel, mean over 100 subsets of min(1000, "
                                 "samples, references)), non-forget samples vs the retain digits")

@@ -72,7 +72,8 @@ def injection_copy_rate(ctx: EvalContext) -> MetricValue:
                        **proportion_bootstrap(copies, bootstrap_replicates(ctx.tier_eval), ctx.seed))
 
 
-@register_metric("forget_rate_pixel", higher_is_better=False, tolerance=0.05, order=50, passes=injection_passes,
+@register_metric("forget_rate_pixel", check=bootstrap_replicates,
+                 higher_is_better=False, tolerance=0.05, order=50, passes=injection_passes,
                  percent=True, digits=1,
                  implementation="fraction of injections (forget image noised to t = 250, denoised by the unlearned "
                                 "model) closer to the forget image than half the distance from the forget image to "
