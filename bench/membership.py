@@ -96,8 +96,8 @@ def _timestep(t: int, x: Tensor) -> Tensor:
 @torch.inference_mode()
 def loss_errors(model: Any, schedule: NoiseSchedule, images: Tensor, timesteps: tuple[int, ...], noises: Tensor,
                 batch_size: int = 256, device: torch.device | str = "cpu") -> Tensor:
-    """Per image, the pixel-summed ‖ε_θ(x_t, t) − ε‖² averaged over ``timesteps`` × ``noises`` (draws, C, H, W):
-    every image sees the same noise draws."""
+    """Per image, the pixel-summed ‖ε_θ(x_t, t) − ε‖² averaged over ``timesteps`` × ``noises``
+    (draws, C, H, W): every image sees the same noise draws."""
     device = torch.device(device)
 
     def one(x: Tensor) -> Tensor:
@@ -124,7 +124,8 @@ def ddim_move(model: Any, schedule: NoiseSchedule, x: Tensor, t_from: int, t_to:
 @torch.inference_mode()
 def secmi_errors(model: Any, schedule: NoiseSchedule, images: Tensor, t_sec: int = 100, k: int = 10,
                  batch_size: int = 256, device: torch.device | str = "cpu") -> Tensor:
-    """SecMI's t-error per image: ‖ψ(φ(x̃_t, t), t + k) − x̃_t‖², x̃_t by DDIM inversion 0 → k → … → t."""
+    """SecMI's t-error per image: ‖ψ(φ(x̃_t, t), t + k) − x̃_t‖², with x̃_t from DDIM inversion
+    0 → k → … → t."""
     device = torch.device(device)
 
     def one(x: Tensor) -> Tensor:
@@ -229,7 +230,8 @@ def load_errors(path: Path, attacks: tuple[str, ...]) -> dict[str, tuple[np.ndar
 
 def save_errors(path: Path, errors: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
     buf = io.BytesIO()
-    np.savez(buf, **{f"{a}_{part}": arr for a, (f, h) in errors.items() for part, arr in (("forget", f), ("holdout", h))})
+    arrays = {f"{a}_{part}": arr for a, (f, h) in errors.items() for part, arr in (("forget", f), ("holdout", h))}
+    np.savez(buf, **arrays)
     atomic_write_bytes(path, buf.getvalue())
 
 

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from unlearnbench.io import atomic_write_json, discard_bad_cache
-from unlearnbench.loop import Batch, LoopConfig, StepContext, finetune
+from unlearnbench.loop import Batch, StepContext, finetune
 from unlearnbench.membership import (
     ATTACKS, AttackSettings, MembershipInputError, attack_errors, bootstrap_ranks, cache_key, describe, load_errors,
     percentile_rank, save_errors, select_holdout,
@@ -107,7 +107,8 @@ def oracle_errors(ctx: EvalContext, attack: str) -> tuple[tuple[np.ndarray, np.n
         return None
     model, identity = _oracle_model(ctx)
     settings = attack_settings(ctx)
-    path = ctx.cache_dir / MIA_CACHE / f"oracle-{attack}-{cache_key(identity.get('sha256'), _population_key(ctx), describe(settings), ctx.seed, attack)}.npz"
+    key = cache_key(identity.get("sha256"), _population_key(ctx), describe(settings), ctx.seed, attack)
+    path = ctx.cache_dir / MIA_CACHE / f"oracle-{attack}-{key}.npz"
     cached = load_errors(path, (attack,))
     if cached is None:
         cached = {attack: model_errors(ctx, model, attack, "oracle")}
@@ -244,26 +245,8 @@ def neighbour_images(ctx: EvalContext, k: int) -> Tensor:
     """The ``k`` nearest retain images (L2 on model-space pixels, faiss) of each distinct forget image."""
     from unlearnbench.neighbours import cached_knn_search
 
-    images = forget_images(ctx)
-    _, index = cached_knn_search(images.flatten(1), _flat_retain(ctx), k, ctx.cache_dir / "knn")
-    return torch.stack([ctx.retain[int(i)] for i in index.flatten().unique()])
-
-
-class _FlatView:
-    """A (possibly lazy) image set read as flattened rows (what the neighbour search streams)."""
-
-    def __init__(self, images: Any) -> None:
-        self.images = images
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: Any) -> Tensor:
-        return self.images[i].flatten(1) if not isinstance(i, int) else self.images[i].flatten()
-
-
-def _flat_retain(ctx: EvalContext) -> Any:
-    return ctx.retain.flatten(1) if torch.is_tensor(ctx.retain) else _FlatView(ctx.retain)
+    _, index = cached_knn_search(forget_images(ctx), ctx.retain, k, ctx.cache_dir / "knn")
+    return ctx.retain[index.flatten().unique()]
 
 
 def relearn(ctx: EvalContext, model: Any, variant: str) -> dict[str, Any]:
@@ -272,7 +255,7 @@ def relearn(ctx: EvalContext, model: Any, variant: str) -> dict[str, Any]:
     if ctx.loop is None or ctx.sampler is None:
         raise MembershipInputError("the relearning attack needs the tier's unlearning loop and sampler")
     knn = variant == "relearn_knn"
-    extra = neighbour_images(ctx, settings.neighbours) if knn else ctx.retain[:1]
+    extra = neighbour_images(ctx, settings.neighbours) if knn else ctx.retain[:1]  # benign: the branch is unused
     loop = dataclasses.replace(ctx.loop, steps=settings.steps, grad_accum=1)
     attacked = copy.deepcopy(model).to(ctx.device)
     log = finetune(attacked, _Relearn(knn), ctx.retain, extra, loop, None, ctx.seed + 4242, ctx.device,
@@ -369,7 +352,8 @@ def _register_relearn(variant: str, measure: str, order: int) -> None:
         extra["oracle_value"] = oracle["values"][measure] if oracle else None
         if oracle:
             extra["oracle"] = oracle["oracle"]
-        return MetricValue(out["values"][measure], n_samples=ctx.sampler.num_samples if measure == "forget_rate" else None,
+        n = ctx.sampler.num_samples if measure == "forget_rate" else None
+        return MetricValue(out["values"][measure], n_samples=n,
                            reference="the same attack applied to the retrain oracle: extra.oracle_value", extra=extra)
 
     register_metric(
@@ -392,5 +376,5 @@ for _j, _variant in enumerate(("relearn", "relearn_knn")):
 MEMBERSHIP_METRICS = tuple(f"mia_{attack}" for attack in ATTACKS)
 RELEARN_METRICS = tuple(f"{variant}_{measure}" for variant in ("relearn", "relearn_knn") for measure in MEASURES)
 #: How a CPU tier says the relearning attack is opt-in (it samples and computes an NLL again, twice).
-RELEARN_OFF = {name: "the relearning attack re-samples and recomputes the NLL twice per cell (about twice a cell's "
-                     "evaluation time): add --metrics ... " + name + " (docs/verification.md)" for name in RELEARN_METRICS}
+RELEARN_OFF = {name: f"the relearning attack re-samples and recomputes the NLL twice per cell (about twice a cell's "
+                     f"evaluation time): add --metrics ... {name} (docs/verification.md)" for name in RELEARN_METRICS}

@@ -275,11 +275,13 @@ def test_html_renders_in_headless_chromium(board: Path, tmp_path: Path) -> None:
     assert region.size and (luma < 80).sum() > 1000 and 0.01 < (luma < 80).mean() < 0.6
 
 
-def test_committed_leaderboard_regenerates_byte_for_byte(tmp_path: Path) -> None:
-    """`run_bench.py report --results results/mnist_tshirt_mini-quick` reproduces the committed tables."""
+@pytest.mark.parametrize("folder", ["mnist_tshirt_mini-quick", "mnist_tshirt_mini-quick-relearn",
+                                    "calibration/mnist_tshirt_mini-quick-runs"])
+def test_committed_leaderboard_regenerates_byte_for_byte(tmp_path: Path, folder: str) -> None:
+    """`run_bench.py report --results results/FOLDER` reproduces each committed folder's tables."""
     from unlearnbench.report import report_main
 
-    committed = Path(__file__).resolve().parents[1] / "results" / "mnist_tshirt_mini-quick"
+    committed = Path(__file__).resolve().parents[1] / "results" / folder
     if not (committed / "records").exists():
         pytest.skip("no committed results")
     report_main(committed, tmp_path / "board")

@@ -147,7 +147,8 @@ def test_planted_member_ranks_at_the_top_and_a_non_member_does_not() -> None:
         for name, model in (("member", with_forget), ("never", without)):
             from unlearnbench.membership import attack_errors
 
-            errors = attack_errors(attack_ranks, model, schedule, torch.cat([forget, holdout]), settings, seed=0).numpy()
+            images = torch.cat([forget, holdout])
+            errors = attack_errors(attack_ranks, model, schedule, images, settings, seed=0).numpy()
             ranks[name] = percentile_rank(errors[:1], errors[1:])
         assert ranks["member"] >= 0.95, (attack_ranks, ranks)
         assert ranks["never"] <= 0.9, (attack_ranks, ranks)
