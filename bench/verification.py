@@ -254,6 +254,7 @@ def relearn(ctx: EvalContext, model: Any, variant: str) -> dict[str, Any]:
     settings = RelearnSettings.from_tier(ctx.tier_eval)
     if ctx.loop is None or ctx.sampler is None:
         raise MembershipInputError("the relearning attack needs the tier's unlearning loop and sampler")
+    holdout_images(ctx)  # no population: fail before fine-tuning
     knn = variant == "relearn_knn"
     extra = neighbour_images(ctx, settings.neighbours) if knn else ctx.retain[:1]  # benign: the branch is unused
     loop = dataclasses.replace(ctx.loop, steps=settings.steps, grad_accum=1)

@@ -57,6 +57,10 @@ def cifar_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
                  b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), b"filenames": [b"x.png"] * n}
         with open(folder / f"data_batch_{i}", "wb") as f:
             pickle.dump(batch, f, protocol=2)
+    test = {b"batch_label": b"testing batch 1 of 1", b"labels": rng.integers(0, 10, 64).tolist(),
+            b"data": rng.integers(0, 256, (64, 3072), dtype=np.uint8), b"filenames": [b"x.png"] * 64}
+    with open(folder / "test_batch", "wb") as f:  # the membership attacks' holdout population
+        pickle.dump(test, f, protocol=2)
     return root
 
 
@@ -67,6 +71,9 @@ def celeba_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     rng = np.random.default_rng(1)
     for i in range(9990, 10030):
         Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(root / f"{i:05d}.jpg", quality=95)
+    (root / "holdout").mkdir()  # faces outside the training range: the membership attacks' population
+    for i in range(20000, 20020):
+        Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(root / "holdout" / f"{i:05d}.jpg")
     return root
 
 
