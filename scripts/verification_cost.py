@@ -44,6 +44,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", type=Path, required=True, help="a quick-tier results folder (unlearn times)")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--relearn", action="store_true", help="also time one relearning attack of each variant "
+                                                                "on the model (the oracle's is cached per seed)")
     args = parser.parse_args()
     load_all()
     task = TASKS.get("mnist_tshirt_mini")
@@ -69,6 +71,15 @@ def main() -> None:
             old.append(sum(timed(OLD, old_ctx).values()))
             new_times = timed(NEW, ctx)
             new.append(sum(new_times.values()))
+        relearn = {}
+        if args.relearn:
+            from unlearnbench.verification import relearn as attack
+
+            for variant in ("relearn", "relearn_knn"):
+                start = time.perf_counter()
+                out = attack(dataclasses.replace(ctx, memo={}), model, variant)
+                relearn[variant] = {"seconds": round(time.perf_counter() - start, 1),
+                                    "fine_tuning_seconds": round(out["seconds"], 1)}
     unlearn = [json.loads(p.read_text())["costs"]["unlearn_seconds"] for p in (args.results / "records").glob("*.json")
                if "__retrain__" not in p.name and "__pretrain__" not in p.name]
     mean_unlearn = statistics.mean(unlearn) if unlearn else 0.0
@@ -83,6 +94,8 @@ def main() -> None:
         "cell_seconds_before": round(old_cell, 1), "added_seconds": round(added, 1),
         "added_fraction": round(added / old_cell, 3),
         "added_fraction_with_the_oracle_once_per_9_cells": round((added + per_seed_oracle / 9) / old_cell, 3),
+        **({"relearn": relearn, "relearn_fraction": round(sum(v["seconds"] for v in relearn.values()) / old_cell, 2)}
+           if relearn else {}),
     }, indent=1))
 
 
