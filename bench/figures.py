@@ -114,11 +114,11 @@ def tradeoff_figure(stats: Mapping[str, Mapping[str, Stat]], directions: Mapping
                 if fr is None or q is None:
                     continue
                 points[label] = (100 * fr[0], q[0])
-                xerr = [[100 * (fr[0] - fr[1])], [100 * (fr[2] - fr[0])]]
-                yerr = [[q[0] - q[1]], [q[2] - q[0]]]
-                h = ax.errorbar(100 * fr[0], q[0], xerr=xerr, yerr=yerr, fmt=MARKERS[i % len(MARKERS)],
-                                color=_colour(i), ecolor=_colour(i), capsize=3, markersize=7, linestyle="none",
-                                label=label)
+                # the interval's own ends (a bootstrap interval of FID may lie wholly above the mean: not mean ± e)
+                ax.plot([100 * fr[1], 100 * fr[2]], [q[0], q[0]], color=_colour(i), linewidth=1.2)
+                ax.plot([100 * fr[0], 100 * fr[0]], [q[1], q[2]], color=_colour(i), linewidth=1.2)
+                (h,) = ax.plot(100 * fr[0], q[0], MARKERS[i % len(MARKERS)], color=_colour(i), markersize=7,
+                               linestyle="none", label=label)
                 handles.setdefault(label, h)
             # The front is over the unlearning methods: the oracle and the untouched base are references.
             candidates = {k: v for k, v in points.items() if k not in references}

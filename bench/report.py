@@ -33,8 +33,8 @@ from unlearnbench.io import atomic_write_text
 from unlearnbench.registry import METHODS, METRICS
 from unlearnbench.results import BadRecordError, load_records, record_name
 from unlearnbench.table import (
-    DISTANCE_NOTE, Row, _flatten, arrow, build_rows, compare, interval_text, marks, method_rank, metric_columns,
-    num, oracle_distances, percent, references, role,
+    DISTANCE_NOTE, TOWARDS_ORACLE, Row, _flatten, arrow, build_rows, compare, heading, interval_text, marks,
+    method_rank, metric_columns, num, oracle_distances, percent, references, role, target,
 )
 from unlearnbench.uncertainty import LEADERBOARD_REPLICATES
 
@@ -50,7 +50,8 @@ def legend() -> str:
     """The leaderboard's legend, naming the reference rows by their roles (before unlearning, the oracle)."""
     before, oracle = (references(METHODS.names()) + ["the model before unlearning", "the oracle"])[:2]
     return ("mean over seeds [95% interval: hierarchical bootstrap over seeds and each cell's bootstrap replicates]; "
-            "forget_rate in %; ↑/↓: higher/lower is better, as declared in the records; "
+            "forget_rate in %; ↑/↓: higher/lower is better, as declared in the records;"
+            f"{TOWARDS_ORACLE}: the right value is the {oracle} oracle's (membership ranks: no best, no bold); "
             f"Δ m vs {before} / vs {oracle}: the row's mean minus the {before} row's / the {oracle} oracle's mean, "
             "paired by seed, with its 95% interval (forget rate in percentage points, pp); bold: the best mean among "
             f"the unlearning methods ({before} and {oracle} excluded); {MARKS['oracle']}: statistically "
@@ -285,7 +286,7 @@ def _best(group: Group) -> dict[str, set[int]]:
     for m in group.metrics:
         hib = group.directions.get(m)
         cands = [(i, r) for i, r in enumerate(group.rows) if role(r.method) == "unlearning" and r.stats[m][2]]
-        if hib is None or len(cands) < 2:
+        if hib is None or len(cands) < 2 or target(m) == "oracle":  # the oracle's value is right, not an extreme
             continue
         shown = {i: float(num(r.mean(m), m)) for i, r in cands}
         best = max(shown.values()) if hib else min(shown.values())
@@ -294,7 +295,7 @@ def _best(group: Group) -> dict[str, set[int]]:
 
 
 def _columns(group: Group) -> list[str]:
-    return (["method", "seeds"] + [f"{m}{arrow(group.directions[m])}" for m in group.metrics]
+    return (["method", "seeds"] + [heading(m, group.directions[m]) for m in group.metrics]
             + [f"Δ {m} vs {ref}" for m, ref in group.deltas] + (["distance to oracle ↓"] if group.distances else []))
 
 

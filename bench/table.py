@@ -58,6 +58,15 @@ def arrow(higher_is_better: bool | None) -> str:
     return "" if higher_is_better is None else (" ↑" if higher_is_better else " ↓")
 
 
+#: How a column of a metric whose right value is the oracle's says so (instead of an arrow).
+TOWARDS_ORACLE = " ≈ oracle"
+
+
+def heading(metric: str, higher_is_better: bool | None) -> str:
+    """A column heading: the metric with its direction, or ``≈ oracle`` when its target is the oracle's value."""
+    return metric + (TOWARDS_ORACLE if target(metric) == "oracle" else arrow(higher_is_better))
+
+
 @dataclass
 class Row:
     """One table row: a method (one resolved configuration of it) over its runs."""
@@ -303,7 +312,7 @@ def comparison_table(records: list[dict[str, Any]], off_by_default: dict[str, st
         distance = [] if not distances else [
             "—" if i not in distances or distances[i]["distance"] is None else f"{distances[i]['distance']:.2f}"]
         lines.append([label, str(len(row.ok))] + [cell(row, m) for m in metric_names] + distance)
-    headers = ["method", "seeds"] + [f"{n}{arrow(METRICS.get(n).higher_is_better)}" for n in metric_names]
+    headers = ["method", "seeds"] + [heading(n, METRICS.get(n).higher_is_better) for n in metric_names]
     if distances:
         headers.append("distance to oracle ↓")
         notes.append(DISTANCE_NOTE)
