@@ -524,6 +524,18 @@ def fid(ctx: EvalContext) -> MetricValue:
                        implementation=implementation, **out.get("fid_bootstrap", {}))
 
 
+def _inception_ready(ctx: EvalContext, minimum: int, why: str) -> MetricValue | tuple[str | None, str]:
+    """The Inception weights (path, how found) when they exist and ``minimum`` samples are kept; else the
+    unavailable value saying which is missing."""
+    weights, how = inception_weights(ctx)
+    if weights is None and how != "download":
+        return MetricValue(None, available=False, reason=how)
+    if len(ctx.kept) < minimum:
+        return MetricValue(None, n_samples=len(ctx.kept), available=False,
+                           reason=f"only {len(ctx.kept)} non-forget samples ({why})")
+    return weights, how
+
+
 def inception_weights(ctx: EvalContext) -> tuple[str | None, str]:
     """``find_inception_weights`` once per cell: the file is verified (and the network probed) once, not per metric."""
     if "inception_weights" not in ctx.memo:
@@ -560,12 +572,10 @@ def _inception(ctx: EvalContext, weights: str | None, kid: bool = False) -> dict
                                 "polynomial kernel, mean over 100 subsets of min(1000, samples, references)) of "
                                 "FID's Inception-v3 features, non-forget samples vs the FID reference images")
 def kid(ctx: EvalContext) -> MetricValue:
-    weights, how = inception_weights(ctx)
-    if weights is None and how != "download":
-        return MetricValue(None, available=False, reason=how)
-    if len(ctx.kept) < 2:
-        return MetricValue(None, n_samples=len(ctx.kept), available=False,
-                           reason=f"only {len(ctx.kept)} non-forget samples (KID needs at least 2)")
+    ready = _inception_ready(ctx, 2, "KID needs at least 2")
+    if isinstance(ready, MetricValue):
+        return ready
+    weights, how = ready
     layer = str(ctx.tier_eval.get("fid_feature_layer", "2048"))
     out = _inception(ctx, weights, kid=True)
     implementation = None
@@ -585,12 +595,10 @@ def kid(ctx: EvalContext) -> MetricValue:
                  implementation="Inception Score (torch-fidelity isc, inception-v3-compat logits, 10 splits) of the "
                                 "generated samples that are not copies of the forget image")
 def inception_score(ctx: EvalContext) -> MetricValue:
-    weights, how = inception_weights(ctx)
-    if weights is None and how != "download":
-        return MetricValue(None, available=False, reason=how)
-    if len(ctx.kept) < 10:
-        return MetricValue(None, n_samples=len(ctx.kept), available=False,
-                           reason=f"only {len(ctx.kept)} samples (10 splits need at least 10)")
+    ready = _inception_ready(ctx, 10, "10 splits need at least 10")
+    if isinstance(ready, MetricValue):
+        return ready
+    weights, how = ready
     out = _inception(ctx, weights)
     return MetricValue(out["inception_score_mean"], n_samples=len(ctx.kept), reference="none (unary)",
                        extra={"weights": how, "std_over_splits": out["inception_score_std"]},

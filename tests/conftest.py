@@ -26,3 +26,11 @@ def smoke_run(smoke_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     out = tmp_path_factory.mktemp("smoke-results")
     assert main(["run", "--tier", "smoke", "--out", str(out), "--no-progress"]) == 0
     return out
+
+
+@pytest.fixture()
+def classifier_dir(tmp_path: Path) -> Path:
+    """A random-weight small_cnn in the suite's classifier format (a stand-in for the trained classifier)."""
+    from tests.standins import write_standin_classifier
+
+    return write_standin_classifier(tmp_path / "classifier-standin")

@@ -24,7 +24,7 @@ from unlearnbench.metrics import EvalContext, _Images, fid_reference
 from unlearnbench.registry import METRICS, TASKS, load_all
 from unlearnbench.task import TaskData
 
-from tests.standins import write_standin_classifier, write_standin_inception
+from tests.standins import write_standin_inception
 
 load_all()
 
@@ -42,10 +42,6 @@ class Planted:
         return (open, (str(self.marker), "w"))
 
 
-@pytest.fixture()
-def classifier_dir(tmp_path: Path) -> Path:
-    """A random-weight small_cnn in the suite's classifier format (a stand-in)."""
-    return write_standin_classifier(tmp_path / "classifier-standin")
 
 
 def _images(n: int, seed: int) -> torch.Tensor:

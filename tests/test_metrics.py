@@ -1,16 +1,14 @@
 """Metrics against independent direct computations on small hand-made inputs."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import scipy.linalg
 import torch
-from safetensors.torch import save_file
 
-from unlearnbench.datasets.mnist_tshirt.classifier import build_classifier, load_classifier
+from unlearnbench.datasets.mnist_tshirt.classifier import load_classifier
 from unlearnbench.metrics import EvalContext, find_inception_weights, to_uint8
 from unlearnbench.registry import METRICS, TASKS, load_all
 from unlearnbench.task import TaskData
@@ -18,16 +16,6 @@ from unlearnbench.task import TaskData
 load_all()
 
 
-@pytest.fixture()
-def classifier_dir(tmp_path: Path) -> Path:
-    """A random-weight small_cnn saved in the suite's real classifier format (a stand-in)."""
-    torch.manual_seed(0)
-    model = build_classifier("small_cnn")
-    folder = tmp_path / "classifier-standin"
-    folder.mkdir()
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
-    (folder / "arch.json").write_text(json.dumps({"arch": "small_cnn"}))
-    return folder
 
 
 def _ctx(samples: torch.Tensor, forget: torch.Tensor, retain: torch.Tensor, tmp_path: Path, clf: Path | None) -> EvalContext:

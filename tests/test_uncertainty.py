@@ -1,17 +1,15 @@
 """KID, the per-cell bootstrap and the leaderboard's comparisons, against hand computations on small inputs."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import save_file
 
 from unlearnbench import metrics as bench_metrics
 from unlearnbench import table
-from unlearnbench.datasets.mnist_tshirt.classifier import build_classifier, load_classifier
+from unlearnbench.datasets.mnist_tshirt.classifier import load_classifier
 from unlearnbench.metrics import EvalContext, to_uint8
 from unlearnbench.registry import METRICS, TASKS, load_all
 from unlearnbench.report import _build_group, render_markdown
@@ -24,16 +22,6 @@ from unlearnbench.uncertainty import (
 load_all()
 
 
-@pytest.fixture()
-def classifier_dir(tmp_path: Path) -> Path:
-    """A random-weight small_cnn saved in the suite's classifier format (a stand-in)."""
-    torch.manual_seed(0)
-    model = build_classifier("small_cnn")
-    folder = tmp_path / "classifier-standin"
-    folder.mkdir()
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
-    (folder / "arch.json").write_text(json.dumps({"arch": "small_cnn"}))
-    return folder
 
 
 def _images(n: int, seed: int) -> torch.Tensor:
