@@ -80,6 +80,8 @@ class SDMemorized(Task):
     protocol = STABLE_DIFFUSION
     default_tier = "paper"
     loads_own_base = True  # the pipeline comes from --base-model or the hub; nothing for prepare to train
+    offers_note = ("membership inference on a text-conditioned latent model needs a caption-matched population of "
+                   "images it never trained on, which the suite does not have for LAION (docs/verification.md)")
     unsupported_roles = {
         "oracle": "no oracle: retraining Stable Diffusion v1.4 without the memorized LAION images is out of reach, "
                    "and the published SD tables have no retrain row",
