@@ -28,7 +28,7 @@ from unlearnbench.diffusion import load_unet
 from unlearnbench.errors import ArtefactCorruptError
 from unlearnbench.io import atomic_write_json, file_lock, sha256_file
 from unlearnbench.task import Task, TaskData, Tier
-from unlearnbench.paths import assets_dir, cache_dir
+from unlearnbench.paths import assets_dir, cache_dir, file_safe
 
 BASE, RETRAIN, CLASSIFIER = "base", "retrain", "classifier"
 WEIGHT_FILES = {
@@ -45,7 +45,7 @@ class WeightsMissingError(FileNotFoundError):
 def weight_file(kind: str, forget_set: str | None = None) -> str:
     """Relative path of a prepared weights file; the oracle is per forget set where a task has several."""
     rel = WEIGHT_FILES[kind]
-    return rel.replace("retrain/", f"retrain-{forget_set}/", 1) if kind == RETRAIN and forget_set else rel
+    return rel.replace("retrain/", f"retrain-{file_safe(forget_set)}/", 1) if kind == RETRAIN and forget_set else rel
 
 
 def artefact_folder(kind: str, forget_set: str | None = None) -> str:
@@ -70,7 +70,7 @@ class Artifacts:
     def _dir_for(self, kind: str) -> Path | None:
         """The root holding a complete, verified ``kind`` (user cache first, then the shipped assets)."""
         folder = artefact_folder(kind, self.forget_set)
-        cache, shipped = cache_dir(self.task.name, self.tier.name), assets_dir(self.task.name, self.tier.name)
+        cache, shipped = cache_dir(self.task.cache_name, self.tier.name), assets_dir(self.task.cache_name, self.tier.name)
         for root in (cache, shipped):
             if folder_state(root, kind, self.forget_set) == "complete":
                 verify_folder(root, folder, shipped=root == shipped)
@@ -107,7 +107,7 @@ class Artifacts:
         if root is None:
             raise WeightsMissingError(
                 f"no prepared {kind} for task {self.task.name!r}, tier {self.tier.name!r} in "
-                f"{cache_dir(self.task.name, self.tier.name)} or {assets_dir(self.task.name, self.tier.name)}. "
+                f"{cache_dir(self.task.cache_name, self.tier.name)} or {assets_dir(self.task.cache_name, self.tier.name)}. "
                 f"Build it with:\n  python run_bench.py prepare --task {self.task.name} --tier {self.tier.name}"
             )
         return root
@@ -145,7 +145,7 @@ class Artifacts:
         info = json.loads((root / folder / "info.json").read_text())
         info["sha256"] = sha256_file(root / weight_file(kind, self.forget_set))
         info["content_sha256"] = folder_digest(root, folder)
-        shipped = root == assets_dir(self.task.name, self.tier.name)
+        shipped = root == assets_dir(self.task.cache_name, self.tier.name)
         info["location"] = (f"{'package datasets/assets' if shipped else '$UNLEARNBENCH_CACHE'}/"
                             f"{self.task.name}/{self.tier.name}/{folder}")
         return info
@@ -410,7 +410,7 @@ def prepare(
     at any moment leaves either no artefact or a whole one; a half-prepared folder from an older
     version is detected and prepared again.
     """
-    out = Path(out) if out else cache_dir(task.name, tier.name)
+    out = Path(out) if out else cache_dir(task.cache_name, tier.name)
     out.mkdir(parents=True, exist_ok=True)
     with file_lock(out / ".prepare.lock"):
         for stale in out.glob(".*.partial-*"):  # left by a killed prepare (we hold the lock: nobody else is writing)

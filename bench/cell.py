@@ -81,7 +81,8 @@ def run_cell(env: CellEnv, plan: CellPlan, data: TaskData, base: Any, base_info:
     seed = plan.cell["seed"]
     forget_set = plan.cell.get("forget_set")
     env.log(f"cell {plan.cell['method']} seed {seed}{'' if forget_set is None else f' forget set {forget_set}'} ...")
-    record = {**record_header(plan, env.device, data.source, base_info), "settings_sources": plan.sources}
+    record = {**record_header(plan, env.device, data.source, base_info), "settings_sources": plan.sources,
+              **({"forget_images": list(data.forget_names)} if data.forget_names else {})}
     try:
         env.task.check_model(base, data)
         torch.manual_seed(seed)

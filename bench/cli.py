@@ -1,4 +1,4 @@
-"""Command line: ``run`` (default), ``ls``, ``prepare`` and ``tune``."""
+"""Command line: ``run`` (default), ``ls``, ``prepare``, ``tune``, ``report``, ``check``, ``export`` and ``validate``."""
 from __future__ import annotations
 
 import argparse
@@ -14,7 +14,7 @@ from unlearnbench.registry import METHODS, METRICS, TASKS, UnknownNameError
 from unlearnbench.validate import MAX_SEEDS, UsageError, did_you_mean
 
 DEFAULT_TASK = "mnist_tshirt_mini"
-SUBCOMMANDS = ("run", "ls", "prepare", "tune", "report", "check")
+SUBCOMMANDS = ("run", "ls", "prepare", "tune", "report", "check", "export", "validate")
 INTERRUPTED = "interrupted; finished cells are kept, rerun the same command to resume"
 
 
@@ -67,6 +67,33 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
+FORGET_HELP = ("forget sets instead of the tier's, comma-separated, one cell each; '+' joins images forgotten "
+               "together (e.g. 10000+10001), @FILE is one set of the names listed in FILE")
+
+
+def parse_forget(text: str | None) -> list[str] | None:
+    """``--forget``: ``"a,b+c,@list.txt"`` -> ``["a", "b+c", "<names in list.txt joined by +>"]`` (None: not given)."""
+    if text is None:
+        return None
+    sets = []
+    for part in _csv(text):
+        if part.startswith("@"):
+            path = Path(part[1:])
+            if not path.is_file():
+                raise UsageError(f"--forget {part}: no such file {path}")
+            names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()
+                     if line.strip() and not line.strip().startswith("#")]
+            if not names:
+                raise UsageError(f"--forget {part}: {path} names no images (one per line)")
+            part = "+".join(names)
+        if any(not name for name in part.split("+")):
+            raise UsageError(f"--forget {text}: {part!r} has an empty name around '+'")
+        sets.append(part)
+    if not sets:
+        raise UsageError(f"--forget {text!r}: no forget set given")
+    return list(dict.fromkeys(sets))
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", default=DEFAULT_TASK, help=f"task name (default {DEFAULT_TASK}); see `ls tasks`")
     p.add_argument("--tier", default=None, help="smoke | quick | paper (default: the task's default tier)")
@@ -81,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run methods on a task and print the comparison table (default)")
     _common(run)
     run.add_argument("--methods", type=_csv, default=None, help="comma-separated (default: all)")
+    run.add_argument("--forget", default=None, metavar="SETS", help=FORGET_HELP)
     run.add_argument("--seeds", default=None, help="e.g. 0,1,2 or 0-9 (default: the tier's seeds)")
     run.add_argument("--out", type=Path, default=None, help="results folder (default runs/<task>-<tier>)")
     run.add_argument("--base-model", default=None, help="diffusers UNet folder or hub id to unlearn")
@@ -108,6 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     _common(prep)
     prep.add_argument("--out", type=Path, default=None, help="where to write (default: the user cache)")
     prep.add_argument("--only", type=_csv, default=None, help="base,retrain,classifier (default: all)")
+    prep.add_argument("--forget", default=None, metavar="SETS", help=FORGET_HELP + " (the oracle is per forget set)")
+    prep.add_argument("--set", dest="overrides", action="append", default=[], metavar="task.NAME=VALUE",
+                      help="a task option, e.g. task.resolution=32 (image_folder)")
     prep.add_argument("--force", action="store_true", help="retrain even if present")
     prep.add_argument("--prompts", type=Path, default=None,
                       help="sd_memorized: prompt list (.jsonl or .csv with original,modified) to build prompt folders "
@@ -126,6 +157,14 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--baseline", type=Path, required=True, help="baseline JSON file")
     check.add_argument("--update", action="store_true", help="rewrite the baseline from --results")
     check.add_argument("--alpha", type=float, default=0.05, help="significance level of the one-sided Welch test")
+    export = sub.add_parser("export", help="write records as Every Eval Ever JSON or Hugging Face .eval_results YAML")
+    export.add_argument("--results", type=Path, required=True, help="results folder (searched recursively)")
+    export.add_argument("--format", dest="fmt", choices=("eee", "hf"), required=True,
+                        help="eee: Every Eval Ever JSON; hf: Hugging Face .eval_results YAML (docs/sharing.md)")
+    export.add_argument("--out", type=Path, required=True, help="output folder")
+    validate = sub.add_parser("validate", help="audit a results folder before accepting it; exit 1 on any problem")
+    validate.add_argument("folder", type=Path, help="results folder (searched recursively)")
+    validate.add_argument("--json", dest="as_json", action="store_true", help="machine-readable report")
     return parser
 
 
@@ -149,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         command = argv[0]
         args = build_parser().parse_args(argv)
         commands = {"run": cmd_run, "ls": cmd_ls, "prepare": cmd_prepare, "tune": cmd_tune, "report": cmd_report,
-                    "check": cmd_check}
+                    "check": cmd_check, "export": cmd_export, "validate": cmd_validate}
         return commands[args.command](args)
     except (UsageError, UnknownNameError, FileNotFoundError, ArtefactCorruptError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -162,21 +201,32 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def _origin(registry: "Registry", name: str) -> str:  # noqa: F821
+    """``unlearnbench`` for a built-in entry, else the plugin's package and version."""
+    origin = registry.origin(name)
+    return " ".join(str(v) for v in (origin["package"] or origin.get("module"), origin["version"]) if v)
+
+
 def cmd_ls(args: argparse.Namespace) -> int:
-    if args.what == "methods":
-        for name in METHODS.names():
-            method = METHODS.get(name)
+    """The registered names with their version, origin (built in, or the plugin package) and description."""
+    registry = {"methods": METHODS, "tasks": TASKS, "metrics": METRICS}[args.what]
+    rows = []
+    for name in registry.names():
+        obj = registry.get(name)
+        if args.what == "methods":
             aliases = METHODS.aliases_of(name)
-            print(f"{name:15s} v{method.version}{'  aliases: ' + ', '.join(aliases) if aliases else ''}  "
-                  f"{(method.__doc__ or sys.modules[method.__module__].__doc__ or '').strip().splitlines()[0]}")
-    elif args.what == "tasks":
-        for name in TASKS.names():
-            task = TASKS.get(name)
-            print(f"{name:18s} v{task.version}  protocol {task.protocol}, tiers: {', '.join(task.tiers())}")
-    else:
-        for name in METRICS.names():
-            m = METRICS.get(name)
-            print(f"{name:16s} {'↑' if m.higher_is_better else '↓'} v{m.version}  {m.implementation}")
+            about = ((obj.__doc__ or sys.modules[obj.__module__].__doc__ or "").strip().splitlines() or [""])[0]
+            about += f"  (aliases: {', '.join(aliases)})" if aliases else ""
+        elif args.what == "tasks":
+            about = f"protocol {obj.protocol}, tiers: {', '.join(obj.tiers())}"
+        else:
+            about = f"{'↑' if obj.higher_is_better else '↓'} {obj.implementation}"
+        rows.append([name, f"v{obj.version}", _origin(registry, name), about])
+    from tabulate import tabulate
+
+    print(tabulate(rows, headers=[args.what[:-1], "version", "from", "description"], tablefmt="plain"))
+    for message in registry.broken.values():
+        print(f"\nnot loaded: {registry.kind} {message}")
     return 0
 
 
@@ -212,9 +262,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     require_int("--eval-every", args.eval_every, 0)
     validate_base_model(args.base_model)
     opts = RunOptions(task=args.task, tier=args.tier, methods=_names("--methods", args.methods),
+                      forget=parse_forget(args.forget),
                       seeds=None if args.seeds is None else parse_seeds(args.seeds), out=args.out,
                       data_root=args.data_root, base_model=args.base_model, base_subfolder=args.base_subfolder,
-                      device=args.device, overrides=parse_overrides(args.overrides),
+                      device=args.device, overrides=parse_overrides(args.overrides, args.task),
                       metrics=_names("--metrics", args.metrics),
                       inception_weights=args.inception_weights, sscd_weights=args.sscd_weights,
                       clip_weights=args.clip_weights, eval_every=args.eval_every,
@@ -318,7 +369,13 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     from unlearnbench.devices import resolve_device
     from unlearnbench.validate import validate_base_model
 
-    task = TASKS.get(args.task)
+    from unlearnbench.settings import parse_overrides
+
+    options = parse_overrides(args.overrides, args.task)
+    if set(options) - {"task"}:
+        raise UsageError("prepare --set takes task options only (task.NAME=VALUE); method and loop settings "
+                         "do not change what prepare trains")
+    task = TASKS.get(args.task).configure(options.get("task", {}), args.data_root)
     tier = task.tier(args.tier or task.default_tier)
     device = resolve_device(args.device)
     validate_base_model(args.base_model)
@@ -336,8 +393,14 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         print(f"prepared {len(folders)} prompt folder(s) in {out}")
         return 0
     only = tuple(args.only or (BASE, RETRAIN, CLASSIFIER))
-    out = prepare(task, tier, task.load(args.data_root), device, out=args.out, only=only,
-                  force=args.force, progress=not args.no_progress, data_root=args.data_root)
+    forget_sets = parse_forget(args.forget) or list(task.forget_sets(tier, args.data_root))
+    if args.forget and not task.forget_set_syntax:
+        raise UsageError(f"--forget: task {task.name!r} has one fixed forget set")
+    for i, forget_set in enumerate(forget_sets):  # the base and classifier once; the oracle per forget set
+        kinds = only if i == 0 else tuple(k for k in only if k == RETRAIN)
+        if kinds:
+            out = prepare(task, tier, task.load(args.data_root, forget_set), device, out=args.out, only=kinds,
+                          force=args.force, progress=not args.no_progress, data_root=args.data_root)
     print(f"prepared {', '.join(only)} in {out}")
     return 0
 
@@ -356,6 +419,20 @@ def cmd_report(args: argparse.Namespace) -> int:
     for path in report_main(args.results, args.out):
         print(path)
     return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from unlearnbench.export import export_main
+
+    for path in export_main(args.results, args.fmt, args.out):
+        print(path)
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from unlearnbench.audit import audit_main
+
+    return audit_main(args.folder, as_json=args.as_json)
 
 
 def cmd_tune(args: argparse.Namespace) -> int:

@@ -359,7 +359,7 @@ def _artifact_bundle(bench: "Benchmark") -> dict[str, Any] | None:
     from unlearnbench.artifacts import BASE, CLASSIFIER, RETRAIN
     from unlearnbench.paths import cache_dir
 
-    root = cache_dir(bench.task_name, bench.tier.name)
+    root = cache_dir(bench.task.cache_name, bench.tier.name)
     tops = sorted(root.iterdir()) if root.exists() else []
     tops = [t for t in tops if not t.is_symlink() and (
         (t.is_dir() and (t.name == CLASSIFIER or t.name.startswith((BASE, RETRAIN))))

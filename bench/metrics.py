@@ -100,7 +100,7 @@ class EvalContext:
     """Generated samples and everything the sample metrics compare them with."""
 
     sample_sets: dict[str, Tensor]  # what Task.generate returned; "samples" ([−1, 1], (N, C, H, W)) is scored
-    forget_image: Tensor  # (1, C, H, W)
+    forget_image: Tensor  # the N distinct forget images, (N, C, H, W)
     retain: Tensor  # the reference set for FID
     classifier_dir: Path | None
     cache_dir: Path
@@ -125,6 +125,12 @@ class EvalContext:
     def samples(self) -> Tensor:
         """The generated samples every sample metric scores."""
         return self.sample_sets["samples"]
+
+    @property
+    def forget_names(self) -> list[str]:
+        """The forget images' names (``TaskData.forget_names``), or their positions when the task names none."""
+        names = list(getattr(self.data, "forget_names", ()) or ())
+        return names if len(names) == len(self.forget_image) else [str(i) for i in range(len(self.forget_image))]
 
     @property
     def forget_mask(self) -> Tensor:

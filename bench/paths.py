@@ -23,3 +23,15 @@ def assets_dir(task: str, tier: str) -> Path:
     spec = find_spec("unlearnbench.datasets")
     assert spec is not None and spec.submodule_search_locations, "the unlearnbench.datasets package is missing"
     return Path(list(spec.submodule_search_locations)[0]).resolve() / "assets" / task / tier
+
+
+def file_safe(name: str, limit: int = 48) -> str:
+    """``name`` as one file-name component: itself when short and plain (``10000``, ``p03``, ``a.png+b.png``),
+    else a readable prefix and a digest of the whole (a forget set of folder paths, or of many images)."""
+    import hashlib
+    import re
+
+    if re.fullmatch(r"[A-Za-z0-9._+-]+", name) and len(name) <= limit and not name.startswith("."):
+        return name
+    prefix = re.sub(r"[^A-Za-z0-9._+-]+", "_", name).strip("._")[: limit - 13]
+    return f"{prefix}-{hashlib.sha256(name.encode()).hexdigest()[:12]}"

@@ -25,7 +25,9 @@ def config_hash(config: dict[str, Any]) -> str:
 
 
 def record_name(cell: dict[str, Any], digest: str) -> str:
-    forget = f"__forget{cell['forget_set']}" if cell.get("forget_set") is not None else ""
+    from unlearnbench.paths import file_safe
+
+    forget = f"__forget{file_safe(str(cell['forget_set']))}" if cell.get("forget_set") is not None else ""
     return f"{cell['task']}__{cell['tier']}__{cell['method']}{forget}__seed{cell['seed']}__{digest[:12]}.json"
 
 
@@ -131,7 +133,7 @@ def read_record(path: Path) -> dict[str, Any]:
     return rec
 
 
-def _is_record_file(path: Path) -> bool:
+def is_record_file(path: Path) -> bool:
     """Whether ``path`` should hold a record: a visible ``.json`` in a ``records`` folder, or named like one.
     Other JSON in a results tree (baselines, calibration summaries) is not a record."""
     path = Path(path)
@@ -146,7 +148,7 @@ def load_records(folder: Path, problems: list[BadRecordError] | None = None) -> 
     Hidden temporaries of interrupted writes and non-record JSON are skipped."""
     out = []
     for path in sorted(Path(folder).rglob("*.json")):
-        if not _is_record_file(path):
+        if not is_record_file(path):
             continue
         try:
             out.append(read_record(path))

@@ -28,7 +28,7 @@ class Benchmark:
 
     def __init__(self, opts: RunOptions, log: Callable[[str], None] = print) -> None:
         self.opts, self.log = opts, log
-        self.task: Task = TASKS.get(opts.task)
+        self.task: Task = TASKS.get(opts.task).configure(opts.overrides.get("task", {}), opts.data_root)
         self.task_name = TASKS.canonical(opts.task)
         self.tier: Tier = self.task.tier(opts.tier or self.task.default_tier)
         self.methods = resolve_methods(self.task, opts.methods, log)
@@ -38,14 +38,26 @@ class Benchmark:
         self.metric_names = resolve_metrics(self.tier, opts.metrics, opts.eval_every, self.task)
         self.device = resolve_device(opts.device)
         self.out = Path(opts.out or Path("runs") / f"{self.task_name}-{self.tier.name}")
-        self.forget_sets = list(self.task.forget_sets(self.tier, opts.data_root))
+        self.forget_sets = list(opts.forget or self.task.forget_sets(self.tier, opts.data_root))
         self.artifacts = self.artifacts_for(None)
         self.env = CellEnv(self.task, self.tier, self.sampler, self.metric_names, self.device, self.out,
-                           cache_dir(self.task_name, self.tier.name), {"inception": opts.inception_weights,
+                           cache_dir(self.task.cache_name, self.tier.name), {"inception": opts.inception_weights,
                            "sscd": opts.sscd_weights, "clip": opts.clip_weights}, opts.eval_every, opts.progress, log)
         self._data: dict[str | None, TaskData] = {}
         self._base: tuple[Any, dict[str, Any]] | None = None
         self._base_id: dict[str, Any] | None = None
+        if opts.forget:
+            self.check_forget_sets(opts.forget)
+
+    def check_forget_sets(self, asked: list[str]) -> None:
+        """``--forget``: only for tasks whose forget sets are named, each loaded now so a bad name fails before any work."""
+        if not self.task.forget_set_syntax:
+            raise UsageError(f"--forget: task {self.task_name!r} has one fixed forget set; tasks that take --forget: "
+                             f"{', '.join(n for n in TASKS.names() if TASKS.get(n).forget_set_syntax)}")
+        if self.task.loads_own_base:  # its data are encoded by the base model, loaded later: checked when loaded
+            return
+        for forget_set in asked:
+            self.data_for(forget_set)
 
     def artifacts_for(self, forget_set: str | None) -> Artifacts:
         return Artifacts(self.task, self.tier, self.opts.base_model, self.opts.base_subfolder, forget_set)
@@ -108,7 +120,7 @@ class Benchmark:
                     self._base_id = None
                 self.log(f"preparing {', '.join(missing)} for {self.task_name}/{self.tier.name}"
                          f"{'' if forget_set is None else f' (forget set {forget_set})'} "
-                         f"(cached in {cache_dir(self.task_name, self.tier.name)}) ...")
+                         f"(cached in {cache_dir(self.task.cache_name, self.tier.name)}) ...")
                 prepare(self.task, self.tier, self.data_for(forget_set), self.device, only=tuple(missing),
                         progress=self.opts.progress, log=self.log, data_root=self.opts.data_root)
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from unlearnbench.loop import LoopConfig
-from unlearnbench.registry import METHODS, METRICS
+from unlearnbench.registry import BUILT_IN, METHODS, METRICS, TASKS
 from unlearnbench.sampling import SamplerConfig
 from unlearnbench.task import Task, Tier
 from unlearnbench.validate import UsageError, coerce, did_you_mean, parse_value
@@ -38,6 +38,8 @@ class RunOptions:
     seeds: list[int] | None = None
     out: Path | None = None
     data_root: Path | None = None
+    #: Forget sets to run instead of the tier's, one cell each (``--forget``; ``+`` joins images forgotten together).
+    forget: list[str] | None = None
     base_model: str | None = None
     base_subfolder: str | None = None
     device: str = "auto"
@@ -83,18 +85,23 @@ def setting_scopes(method: Any) -> dict[str, tuple[str, Any]]:
 
 
 def override_scope(scope: str, item: str) -> str:
-    """``loop``, ``sampler`` or the canonical name of the method ``scope`` names (aliases allowed)."""
-    if scope in ("loop", "sampler"):
+    """``loop``, ``sampler``, ``task`` or the canonical name of the method ``scope`` names (aliases allowed)."""
+    if scope in ("loop", "sampler", "task"):
         return scope
     if scope in METHODS:
         return METHODS.canonical(scope)
-    names = ["loop", "sampler", *METHODS.names(), *(a for n in METHODS.names() for a in METHODS.aliases_of(n))]
+    names = ["loop", "sampler", "task", *METHODS.names(), *(a for n in METHODS.names() for a in METHODS.aliases_of(n))]
     raise UsageError(f"--set {item}: unknown scope {scope!r}; {did_you_mean(scope, names)}"
-                     f"scopes: loop, sampler or a method ({', '.join(METHODS.names())})")
+                     f"scopes: loop, sampler, task or a method ({', '.join(METHODS.names())})")
 
 
-def setting_fields(scope: str) -> tuple[dict[str, Any], str]:
-    """The settings ``--set SCOPE.NAME`` may change, name -> type, and a listing of them for messages."""
+def setting_fields(scope: str, task: str | None = None) -> tuple[dict[str, Any], str]:
+    """The settings ``--set SCOPE.NAME`` may change, name -> type, and a listing of them for messages
+    (``task``: the task whose ``Options`` the ``task`` scope names)."""
+    if scope == "task":
+        options = TASKS.get(task).Options if task else type(None)
+        own = _typed_fields(options) if dataclasses.is_dataclass(options) else {}
+        return own, f"task {task} options: {', '.join(own) or 'none'}"
     if scope in ("loop", "sampler"):
         own = LOOP_SETTINGS if scope == "loop" else SAMPLER_SETTINGS
         return own, f"{scope} settings: {', '.join(own)}"
@@ -108,20 +115,22 @@ def setting_fields(scope: str) -> tuple[dict[str, Any], str]:
     return {n: hint for n, (_, hint) in scopes.items()}, listing
 
 
-def parse_setting(item: str) -> tuple[str, str, Any]:
-    """``"retrack.k=5"`` -> ``("retrack", "k", 5)``, the scope, name and type checked (UsageError)."""
+def parse_setting(item: str, task: str | None = None) -> tuple[str, str, Any]:
+    """``"retrack.k=5"`` -> ``("retrack", "k", 5)``, the scope, name and type checked (UsageError);
+    ``task.NAME`` names an option of the task ``task``."""
     key, sep, raw = item.partition("=")
     scope, dot, name = key.strip().partition(".")
     if not sep or not dot or not scope or not name or not raw.strip():
         raise UsageError(f"bad --set {item!r}: use SCOPE.NAME=VALUE, e.g. retrack.k=5 or loop.lr=1e-4")
     scope = override_scope(scope, item)
-    known, listing = setting_fields(scope)
+    known, listing = setting_fields(scope, task)
     if name not in known:
-        raise UsageError(f"--set {item}: {scope} has no setting {name!r}; {did_you_mean(name, known)}{listing}")
+        owner = f"task {task}" if scope == "task" else scope
+        raise UsageError(f"--set {item}: {owner} has no setting {name!r}; {did_you_mean(name, known)}{listing}")
     return scope, name, coerce(f"{scope}.{name}", parse_value(raw), known[name], raw)
 
 
-def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
+def parse_overrides(items: list[str], task: str | None = None) -> dict[str, dict[str, Any]]:
     """``["retrack.k=5", "loop.lr=1e-4"]`` -> ``{"retrack": {"k": 5}, "loop": {"lr": 1e-4}}``.
 
     Scopes, names and value types are checked here (``UsageError``, with did-you-mean), so a typo
@@ -129,7 +138,7 @@ def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
     """
     out: dict[str, dict[str, Any]] = {}
     for item in items:
-        scope, name, value = parse_setting(item)
+        scope, name, value = parse_setting(item, task)
         out.setdefault(scope, {})[name] = value
     return out
 
@@ -240,8 +249,12 @@ def cell_config(task: Task, tier: Tier, method: Any, settings: Settings, cell: d
                 metric_names: list[str], eval_every: int, base_id: dict[str, Any]) -> dict[str, Any]:
     """Everything that determines one cell's numbers: hashed into its identity (``results.config_hash``)."""
     forget_set = cell.get("forget_set")
+    options = task.option_values()
+    method_origin, task_origin = METHODS.origin(method.name), TASKS.origin(cell["task"])
+    metric_origins = {m: o for m in metric_names if (o := METRICS.origin(m))["package"] != BUILT_IN}
     return {
         "task": cell["task"], "task_version": task.version, "protocol": str(task.protocol),
+        **({"task_options": options} if options else {}),
         "data_source": getattr(task, "source", None), "tier": tier.name, "method": method.name,
         "method_version": method.version, "hparams": dataclasses.asdict(settings.hparams),
         "loop": dataclasses.asdict(settings.loop) if method.finetunes else None,
@@ -251,4 +264,8 @@ def cell_config(task: Task, tier: Tier, method: Any, settings: Settings, cell: d
         "eval_every": eval_every, "base_model": base_id,
         **({"forget_set": forget_set} if forget_set is not None else {}),
         **({"tier_eval": tier.eval} if tier.eval else {}),
+        # where a plugin's code came from (docs/extending.md): a new release of it is a new cell
+        **({"method_origin": method_origin} if method_origin["package"] != BUILT_IN else {}),
+        **({"task_origin": task_origin} if task_origin["package"] != BUILT_IN else {}),
+        **({"metric_origins": metric_origins} if metric_origins else {}),
     }

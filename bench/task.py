@@ -2,6 +2,8 @@
 published hyper-parameters apply."""
 from __future__ import annotations
 
+import copy
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -75,7 +77,7 @@ class TaskData:
 
     retain: Tensor
     forget: Tensor
-    forget_image: Tensor  # the distinct forget image, (1, C, H, W)
+    forget_image: Tensor  # the N distinct forget images, (N, C, H, W)
     source: dict[str, Any]
     retain_labels: Tensor | None = None
     forget_set: str | None = None  # which of the tier's forget sets this is
@@ -84,6 +86,19 @@ class TaskData:
     #: or a lazy image set), or None with ``holdout_source`` saying why.
     holdout: Any = None
     holdout_source: str = ""
+    #: What each distinct forget image is (a file name, a training index), in ``forget_image``'s order.
+    forget_names: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.forget_image.dim() != 4:
+            raise ValueError(f"forget_image must be (N, C, H, W), got shape {tuple(self.forget_image.shape)}")
+        if self.forget_names and len(self.forget_names) != len(self.forget_image):
+            raise ValueError(f"{len(self.forget_names)} forget names for {len(self.forget_image)} forget images")
+
+
+@dataclass(frozen=True)
+class NoOptions:
+    """The options of a task that has none (``--set task.NAME=VALUE`` names a field of ``Task.Options``)."""
 
 
 class Task:
@@ -104,6 +119,47 @@ class Task:
     offers: ClassVar[tuple[str, ...]] = ()
     #: Why the task lacks what it does not offer (shown when such a metric is asked for).
     offers_note: ClassVar[str] = ""
+    #: How ``--forget`` names this task's forget sets (shown in help and errors); "" = one fixed forget set.
+    #: Image tasks read ``+`` as "these images together, in one cell".
+    forget_set_syntax: ClassVar[str] = ""
+    #: The task's own options, a frozen dataclass set with ``--set task.NAME=VALUE`` (written into every cell's config).
+    Options: ClassVar[type] = NoOptions
+    _options: Any = None
+
+    @property
+    def options(self) -> Any:
+        """This task's options (the ``Options`` defaults until ``configure`` sets them)."""
+        return self._options if self._options is not None else self.Options()
+
+    _cache_name: str | None = None
+
+    @property
+    def cache_name(self) -> str:
+        """The folder name of this task's prepared artefacts (a task whose data are the user's names them by content)."""
+        return self._cache_name or self.name
+
+    @cache_name.setter
+    def cache_name(self, value: str) -> None:
+        self._cache_name = value
+
+    def configure(self, options: dict[str, Any], data_root: Path | None) -> "Task":
+        """A copy of this task with ``options`` applied (the registered task stays as it is).
+
+        Tasks whose data depend on ``data_root`` (a user's image folder) override this to bind and check it."""
+        from unlearnbench.validate import UsageError, did_you_mean
+
+        known = {f.name for f in dataclasses.fields(self.Options)}
+        for key in options:
+            if key not in known:
+                raise UsageError(f"--set task.{key}: task {self.name!r} has no option {key!r}; "
+                                 f"{did_you_mean(key, known)}options: {', '.join(sorted(known)) or 'none'}")
+        bound = copy.copy(self)
+        bound._options = dataclasses.replace(self.options, **options)
+        return bound
+
+    def option_values(self) -> dict[str, Any]:
+        """The task's options as written into every cell's config (empty for a task without options)."""
+        return dataclasses.asdict(self.options)
 
     def unsupported(self, method: str) -> str | None:
         """Why the registered method ``method`` cannot run on this task (by its role), or None."""

@@ -22,7 +22,7 @@ from unlearnbench.validate import DataFileError, UsageError, validate_hparams
 REPO = Path(__file__).resolve().parents[1]
 TSHIRT_PNG = REPO.parent / "shared" / "data" / "fashion-mnist" / "tshirt_train_index1.png"
 SMOKE = ["run", "--tier", "smoke", "--no-progress"]
-COMMANDS = "commands: run, ls, prepare, tune, report, check"
+COMMANDS = "commands: run, ls, prepare, tune, report, check, export, validate"
 INTERRUPTED = "interrupted; finished cells are kept, rerun the same command to resume"
 
 
@@ -53,7 +53,7 @@ def one_error(capsys: pytest.CaptureFixture, argv: list[str]) -> str:
 # argv, fragment of the one error line
 CASES = [
     # commands: `run` is implied only before an option
-    (["export", "x"], f"error: unknown command 'export'; {COMMANDS}"),
+    (["publish", "x"], f"error: unknown command 'publish'; {COMMANDS}"),
     (["rnu", "--tier", "smoke"], f"unknown command 'rnu'; did you mean 'run'? {COMMANDS}"),
     # tiers
     (["run", "--tier", "quik"],

@@ -6,6 +6,7 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from unlearnbench.metrics import (
@@ -21,21 +22,32 @@ TSHIRT_FREQUENCY = ("fraction of generated samples with L2 distance < 10 to the 
 
 
 def tshirt_distance(samples: Tensor, forget_image: Tensor) -> Tensor:
-    """L2 distance of each sample to the forget image, on [0, 1] pixels."""
-    return (to_unit(samples) - to_unit(forget_image)).flatten(1).norm(dim=1)
+    """L2 distance of each sample to its nearest forget image, on [0, 1] pixels, (N,)."""
+    return tshirt_distances(samples, forget_image).min(dim=0).values
+
+
+def tshirt_distances(samples: Tensor, forget_image: Tensor) -> Tensor:
+    """L2 distance of each sample to each forget image, on [0, 1] pixels, (images, N)."""
+    return torch.stack([(to_unit(samples) - to_unit(image[None])).flatten(1).norm(dim=1) for image in forget_image])
 
 
 def tshirt_copies(samples: Tensor, forget_image: Tensor) -> Tensor:
-    """True where a sample is a copy of the T-shirt."""
+    """True where a sample is a copy of a forget T-shirt (of any of them, when there are several)."""
     return tshirt_distance(samples, forget_image) < TSHIRT_L2_THRESHOLD
 
 
 def tshirt_frequency(ctx: EvalContext) -> MetricValue:
-    """MNIST T-Shirt's forget rate: the fraction of generated samples that are T-shirt copies, with its
-    interval (the samples are independent draws: ``proportion_bootstrap``)."""
+    """MNIST T-Shirt's forget rate: the fraction of generated samples that are copies of a forget T-shirt, with
+    its interval (the samples are independent draws: ``proportion_bootstrap``); with several T-shirts, each
+    copy is also counted for the T-shirt it is nearest to (``copies_by_image``)."""
     mask = tshirt_copies(ctx.samples, ctx.forget_image)
+    extra: dict[str, Any] = {"copies": int(mask.sum())}
+    if len(ctx.forget_image) > 1:
+        nearest = tshirt_distances(ctx.samples[mask], ctx.forget_image).argmin(dim=0)
+        extra["copies_by_image"] = {name: int((nearest == i).sum()) for i, name in enumerate(ctx.forget_names)}
     return MetricValue(float(mask.float().mean()), n_samples=len(mask), reference="the forget image",
-                       extra={"copies": int(mask.sum())}, implementation=TSHIRT_FREQUENCY,
+                       extra=extra, implementation=TSHIRT_FREQUENCY if len(ctx.forget_image) == 1 else
+                       TSHIRT_FREQUENCY.replace("the forget image", f"the nearest of {len(ctx.forget_image)} forget images"),
                        **proportion_bootstrap(mask, bootstrap_replicates(ctx.tier_eval), ctx.seed))
 
 

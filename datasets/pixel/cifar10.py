@@ -14,10 +14,11 @@ import torch
 from unlearnbench.datasets.pixel.cifar_batches import read_cifar_batch
 from unlearnbench.imagesets import uint8_to_model
 from unlearnbench.loop import LoopConfig
-from unlearnbench.datasets.pixel.task import PIXEL_METRICS, PixelTask, smoke_tier
+from unlearnbench.datasets.pixel.task import PIXEL_METRICS, PixelTask, forget_members, smoke_tier
 from unlearnbench.protocols import CIFAR10
 from unlearnbench.sampling import SamplerConfig
 from unlearnbench.task import DataMissingError, TaskData, Tier, TrainRecipe, register_task
+from unlearnbench.validate import UsageError
 
 BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_BATCH = "test_batch"  # the test split: membership inference's holdout population
@@ -52,6 +53,8 @@ class Cifar10(PixelTask):
     version = 1
     protocol = CIFAR10
     offers = ("holdout",)
+    forget_set_syntax = ("training indices: 10000 (one per cell, as published), 10000+10003 or 10000-10009 "
+                         "(several forgotten together)")
 
     def load(self, data_root: Path | None, forget_set: str | None = None) -> TaskData:
         root = Path(data_root) if data_root else Path("data")
@@ -68,23 +71,28 @@ class Cifar10(PixelTask):
         parts = [read_cifar_batch(f) for f in files]
         images = np.concatenate([p[0] for p in parts])
         labels = np.concatenate([p[1] for p in parts])
-        index = int(forget_set or FORGET_INDICES[0])
-        if not 0 <= index < len(images):
-            raise ValueError(f"forget index {index} is outside the {len(images)} CIFAR-10 training images")
-        keep = np.arange(len(images)) != index
-        forget = uint8_to_model(images[index : index + 1])
+        forget_set = forget_set or FORGET_INDICES[0]
+        indices = forget_members(forget_set, "a training index")
+        outside = [i for i in indices if not 0 <= i < len(images)]
+        if outside:
+            raise UsageError(f"forget index {outside[0]} is outside the {len(images)} CIFAR-10 training images")
+        keep = np.ones(len(images), dtype=bool)
+        keep[indices] = False
+        forget = uint8_to_model(images[indices])
         test = files[0].parent / TEST_BATCH
         holdout, holdout_source = (
             (uint8_to_model(read_cifar_batch(test)[0]), f"the 10,000 images of the CIFAR-10 test split ({test})")
             if test.exists() else
             (None, f"the CIFAR-10 test split ({test}, the holdout population) is missing: get it with\n  python -c "
                    f"\"import torchvision; torchvision.datasets.CIFAR10('{root}', train=False, download=True)\""))
+        one = len(indices) == 1
         return TaskData(
             retain=uint8_to_model(images[keep]), forget=forget, forget_image=forget,
-            retain_labels=torch.from_numpy(labels[keep]), forget_set=str(index),
-            holdout=holdout, holdout_source=holdout_source,
+            retain_labels=torch.from_numpy(labels[keep]), forget_set=forget_set,
+            forget_names=tuple(map(str, indices)), holdout=holdout, holdout_source=holdout_source,
             source={"kind": "cifar10 python batches", "files": [str(f) for f in files], "retain_size": int(keep.sum()),
-                    "forget_copies": 1, "forget_index": index, "forget_label": int(labels[index])},
+                    "forget_copies": 1, "forget_index": indices[0] if one else indices,
+                    "forget_label": int(labels[indices[0]]) if one else [int(labels[i]) for i in indices]},
         )
 
     def tiers(self) -> dict[str, Tier]:

@@ -22,17 +22,34 @@ def injection_passes(tier_eval: dict[str, Any]) -> tuple[float, float]:
 
 
 def injections(ctx: EvalContext) -> Tensor:
-    """The cell's denoised injections (computed once, shared by sscd / forget_rate / forget_rate_pixel)."""
+    """The cell's denoised injections, ``n`` per forget image in ``forget_image``'s order (computed once, shared
+    by sscd / forget_rate / forget_rate_pixel); image i > 0 draws its own seeded noise."""
     if "injections" not in ctx.memo:
-        ctx.memo["injections"] = denoise_injections(
-            ctx.model, ctx.forget_image, n=ctx.tier_eval.get("injections", 16), seed=ctx.seed, device=ctx.device,
-            steps=ctx.tier_eval.get("injection_steps"))
+        n = ctx.tier_eval.get("injections", 16)
+        ctx.memo["injections"] = torch.cat([
+            denoise_injections(ctx.model, image[None], n=n, seed=ctx.seed + 7_919_003 * i, device=ctx.device,
+                               steps=ctx.tier_eval.get("injection_steps"))
+            for i, image in enumerate(ctx.forget_image)])
     return ctx.memo["injections"]
+
+
+def injection_targets(ctx: EvalContext) -> Tensor:
+    """The forget image each injection started from (row-aligned with ``injections``)."""
+    return ctx.forget_image.repeat_interleave(len(injections(ctx)) // len(ctx.forget_image), dim=0)
+
+
+def copies_by_image(ctx: EvalContext, copies: Tensor) -> dict[str, int]:
+    """How many of each forget image's injections are copies, keyed by the image's name (records say which
+    images were forgotten)."""
+    names = ctx.forget_names
+    per_image = copies.reshape(len(names), -1).sum(dim=1)
+    return {name: int(count) for name, count in zip(names, per_image)}
 
 
 def _injection_note(ctx: EvalContext) -> str:
     steps = ctx.tier_eval.get("injection_steps")
-    return (f"{ctx.tier_eval.get('injections', 16)} seeded injections: the forget image noised to t = 250, "
+    per = "" if len(ctx.forget_image) == 1 else f" per forget image ({len(ctx.forget_image)} images)"
+    return (f"{ctx.tier_eval.get('injections', 16)} seeded injections{per}: the forget image noised to t = 250, "
             f"denoised by DDPM {'250 -> 0, every step' if steps is None else f'250 -> 0 in {steps} steps'}")
 
 
@@ -41,7 +58,7 @@ def sscd_similarities(ctx: EvalContext) -> Tensor | None:
     if not ctx.weights.get("sscd"):
         return None
     if "sscd" not in ctx.memo:
-        ctx.memo["sscd"] = sscd_similarity(sscd_model(ctx), injections(ctx), ctx.forget_image)
+        ctx.memo["sscd"] = sscd_similarity(sscd_model(ctx), injections(ctx), injection_targets(ctx))
     return ctx.memo["sscd"]
 
 
@@ -68,7 +85,8 @@ def injection_copy_rate(ctx: EvalContext) -> MetricValue:
                            implementation=definition)
     copies = sims > COPY_THRESHOLD
     return MetricValue(float(copies.float().mean()), n_samples=len(sims), reference="the forget image",
-                       extra={"copies": int(copies.sum()), "threshold": COPY_THRESHOLD}, implementation=definition,
+                       extra={"copies": int(copies.sum()), "threshold": COPY_THRESHOLD,
+                              "copies_by_image": copies_by_image(ctx, copies)}, implementation=definition,
                        **proportion_bootstrap(copies, bootstrap_replicates(ctx.tier_eval), ctx.seed))
 
 
@@ -82,17 +100,18 @@ def forget_rate_pixel(ctx: EvalContext) -> MetricValue:
     outs = injections(ctx)
     sq, index = cached_knn_search(ctx.forget_image, ctx.retain, min(64, len(ctx.retain)), cache_root() / "knn")
     dims = ctx.forget_image[0].numel()
-    nearest = (sq[0] / dims).sqrt() / 2  # squared L2 on [−1, 1] pixels -> RMS on [0, 1] pixels
-    threshold = float(nearest[0]) / 2
-    dist = rms_distance(outs, ctx.forget_image)
-    copies = dist < threshold
+    nearest = (sq / dims).sqrt() / 2  # squared L2 on [−1, 1] pixels -> RMS on [0, 1] pixels, (N images, k)
+    thresholds = nearest[:, 0] / 2  # each forget image's own threshold
+    dist = rms_distance(outs, injection_targets(ctx))
+    copies = dist < thresholds.repeat_interleave(len(outs) // len(thresholds))
     q = torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0], dtype=torch.float64)
+    single = len(thresholds) == 1
     return MetricValue(
         float(copies.float().mean()), n_samples=len(outs), reference="the forget image",
-        extra={"copies": int(copies.sum()), "threshold_rms": threshold,
-               "nearest_retain_rms": [round(float(v), 5) for v in nearest[:10]],
+        extra={"copies": int(copies.sum()),
+               "threshold_rms": float(thresholds[0]) if single else [float(v) for v in thresholds],
+               "nearest_retain_rms": [round(float(v), 5) for v in nearest[0, :10]],
                "injection_rms_quantiles": [round(float(v), 5) for v in torch.quantile(dist.double(), q)],
+               "copies_by_image": copies_by_image(ctx, copies),
                "definition": _injection_note(ctx)},
         **proportion_bootstrap(copies, bootstrap_replicates(ctx.tier_eval), ctx.seed))
-
-

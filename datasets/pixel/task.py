@@ -6,6 +6,7 @@ model is a published diffusers checkpoint; the forget rate is measured by inject
 """
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from unlearnbench.loop import LoopConfig
@@ -45,8 +46,26 @@ def smoke_tier(size: int, forget_set: str) -> Tier:
     )
 
 
+def forget_members(forget_set: str, what: str) -> list[int]:
+    """The image numbers of a forget set: ``10000`` (the published one image per cell), ``10000+10003`` or
+    ``10000-10009`` (several images forgotten together in one cell; ranges include both ends)."""
+    from unlearnbench.validate import UsageError
+
+    members: list[int] = []
+    for token in forget_set.split("+"):
+        match = re.fullmatch(r"(\d+)(?:-(\d+))?", token.strip())
+        if not match or (match[2] and int(match[2]) < int(match[1])):
+            raise UsageError(f"forget set {forget_set!r}: {token!r} is not {what} or a range LO-HI of them")
+        members.extend(range(int(match[1]), int(match[2] or match[1]) + 1))
+    repeated = sorted({m for m in members if members.count(m) > 1})
+    if repeated:
+        raise UsageError(f"forget set {forget_set!r} names {', '.join(map(str, repeated))} twice")
+    return members
+
+
 class PixelTask(Task):
-    """Base of CIFAR-10 and CelebA-HQ: one forget image per cell, injection-based forget rate."""
+    """Base of CIFAR-10 and CelebA-HQ: forget images named by number (one per cell as published, or several
+    together), injection-based forget rate."""
 
     default_tier = "paper"
 

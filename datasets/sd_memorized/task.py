@@ -80,6 +80,7 @@ class SDMemorized(Task):
     protocol = STABLE_DIFFUSION
     default_tier = "paper"
     loads_own_base = True  # the pipeline comes from --base-model or the hub; nothing for prepare to train
+    forget_set_syntax = "prompt ids (folder names under --data-root), one prompt per cell"
     offers_note = ("membership inference on a text-conditioned latent model needs a caption-matched population of "
                    "images it never trained on, which the suite does not have for LAION (docs/verification.md)")
     unsupported_roles = {
