@@ -91,7 +91,7 @@ def run_cell(env: CellEnv, plan: CellPlan, data: TaskData, base: Any, base_info:
             retain=data.retain, forget=data.forget, loop=plan.loop, hparams=plan.hparams, seed=seed,
             device=env.device, artifacts=artifacts, progress=env.progress,
             on_step=_step_evaluator(env, seed, data) if env.eval_every else None,
-            schedule=env.task.noise_schedule(env.tier),
+            schedule=env.task.noise_schedule(env.tier), protocol=str(env.task.protocol),
         )
         if env.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(env.device)
@@ -109,6 +109,7 @@ def run_cell(env: CellEnv, plan: CellPlan, data: TaskData, base: Any, base_info:
             "status": "ok", "metrics": metrics, "sample_grid": str(grid.relative_to(env.out)),
             "costs": {"unlearn_seconds": result.log.seconds, "unet_forward": result.log.unet_forward,
                       "unet_backward": result.log.unet_backward, "eval_seconds": time.perf_counter() - started,
+                      **({"setup": result.log.setup} if result.log.setup else {}),
                       "peak_memory_bytes": torch.cuda.max_memory_allocated(env.device)
                       if env.device.type == "cuda" else None},
             "training": {"losses": result.log.losses, "grad_norms": result.log.grad_norms,

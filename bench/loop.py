@@ -129,6 +129,9 @@ class LoopLog:
     seconds: float = 0.0
     unet_forward: float = 0.0  # in batch-sized passes (samples / batch per branch)
     unet_backward: float = 0.0
+    #: The method's one-off work before the loop (a saliency mask, a Fisher estimate, replay samples), already
+    #: included in the totals above: {"seconds", "unet_forward", "unet_backward"}; empty when there is none.
+    setup: dict[str, float] = field(default_factory=dict)
     losses: list[float] = field(default_factory=list)
     grad_norms: list[float] = field(default_factory=list)
     evaluations: list[dict[str, Any]] = field(default_factory=list)

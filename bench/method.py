@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
 
@@ -16,7 +17,7 @@ from diffusers import UNet2DModel
 from torch import Tensor
 
 from unlearnbench.diffusion import NoiseSchedule
-from unlearnbench.loop import Batch, LoopConfig, LoopLog, StepContext, add_to_grad, finetune
+from unlearnbench.loop import Batch, LoopConfig, LoopLog, PassCounter, StepContext, add_to_grad, finetune
 
 
 @dataclass
@@ -34,6 +35,7 @@ class UnlearnJob:
     on_step: Callable[[int, UNet2DModel], dict[str, Any] | None] | None = None
     progress: bool = True
     schedule: NoiseSchedule | None = None  # the base model's noise schedule (None: the pixel DDPM schedule)
+    protocol: str | None = None  # the task's protocol (a wrapper method resolves its inner method's published values)
 
 
 @dataclass
@@ -121,11 +123,23 @@ class FineTuneMethod(Method):
 
     def unlearn(self, job: UnlearnJob) -> UnlearnResult:
         model = job.base_model
-        state = self.setup(job)
+        counter, started = PassCounter(model), time.perf_counter()
+        try:  # the one-off work is part of the method's cost: its UNet passes (on ``model`` itself) are counted
+            state = self.setup(job)
+        finally:
+            counter.remove()
+        setup_seconds = time.perf_counter() - started
         log = finetune(
             model, self, job.retain, job.forget, job.loop, job.hparams, job.seed, job.device,
             state=state, on_step=job.on_step, progress=job.progress, schedule=job.schedule,
         )
+        if counter.forward_samples or counter.backward_samples:
+            setup = {"seconds": setup_seconds, "unet_forward": counter.forward_samples / job.loop.batch_size,
+                     "unet_backward": counter.backward_samples / job.loop.batch_size}
+            log.seconds += setup["seconds"]
+            log.unet_forward += setup["unet_forward"]
+            log.unet_backward += setup["unet_backward"]
+            log.setup = setup
         return UnlearnResult(model, log)
 
 
