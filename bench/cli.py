@@ -392,7 +392,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
                                     not args.no_progress, args.sscd_weights)
         print(f"prepared {len(folders)} prompt folder(s) in {out}")
         return 0
-    only = tuple(args.only or (BASE, RETRAIN, CLASSIFIER))
+    only = tuple(args.only or (BASE, RETRAIN, *((CLASSIFIER,) if tier.classifier is not None else ())))
     forget_sets = parse_forget(args.forget) or list(task.forget_sets(tier, args.data_root))
     if args.forget and not task.forget_set_syntax:
         raise UsageError(f"--forget: task {task.name!r} has one fixed forget set")

@@ -38,16 +38,16 @@ class Benchmark:
         self.metric_names = resolve_metrics(self.tier, opts.metrics, opts.eval_every, self.task)
         self.device = resolve_device(opts.device)
         self.out = Path(opts.out or Path("runs") / f"{self.task_name}-{self.tier.name}")
+        self._data: dict[str | None, TaskData] = {}
+        self._base: tuple[Any, dict[str, Any]] | None = None
+        self._base_id: dict[str, Any] | None = None
         self.forget_sets = list(opts.forget or self.task.forget_sets(self.tier, opts.data_root))
+        if opts.forget:
+            self.check_forget_sets(opts.forget)
         self.artifacts = self.artifacts_for(None)
         self.env = CellEnv(self.task, self.tier, self.sampler, self.metric_names, self.device, self.out,
                            cache_dir(self.task.cache_name, self.tier.name), {"inception": opts.inception_weights,
                            "sscd": opts.sscd_weights, "clip": opts.clip_weights}, opts.eval_every, opts.progress, log)
-        self._data: dict[str | None, TaskData] = {}
-        self._base: tuple[Any, dict[str, Any]] | None = None
-        self._base_id: dict[str, Any] | None = None
-        if opts.forget:
-            self.check_forget_sets(opts.forget)
 
     def check_forget_sets(self, asked: list[str]) -> None:
         """``--forget``: only for tasks whose forget sets are named, each loaded now so a bad name fails before any work."""
@@ -172,6 +172,11 @@ class Benchmark:
             raise UsageError(str(err)) from err
         for plan in {p.cell["method"]: p for p in plans}.values():
             validate_hparams(plan.cell["method"], plan.hparams, retain_size)
+        if self.opts.base_model:  # a given model that cannot serve the data fails here, not in every cell
+            try:
+                self.task.check_model(self.base_model()[0], self.data)
+            except ValueError as err:
+                raise UsageError(f"--base-model {self.opts.base_model}: {err}") from err
 
     def _dispatch(self, todo: list[CellPlan]) -> None:
         if not todo:

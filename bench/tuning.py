@@ -81,6 +81,10 @@ def run_tuning(args: Any) -> int:
         record["methods"][method] = {"trials": trials, "chosen": {"lr": best["lr"]}}
         print(f"{method}: chose lr {best['lr']} ({best})")
     out = Path(args.out) if args.out else tuning_file(task_name, tier.name)
+    if out.exists():  # tuning some methods keeps the others' recorded choices
+        earlier = json.loads(out.read_text())
+        if earlier.get("grid") == record["grid"] and earlier.get("rule") == record["rule"]:
+            record["methods"] = {**earlier.get("methods", {}), **record["methods"]}
     atomic_write_json(out, record)
     if out.resolve() == tuning_file(task_name, tier.name).resolve() and (out.parent / "manifest.json").exists():
         from unlearnbench.artifacts import write_manifest

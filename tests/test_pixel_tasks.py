@@ -248,11 +248,13 @@ def test_missing_weights_are_reported_with_the_flag_that_supplies_them(cifar_roo
 
 
 def test_a_base_model_of_the_wrong_size_is_refused(cifar_root: Path, pipeline_layout_unet: Path,
-                                                   tmp_path: Path) -> None:
+                                                   tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Before any cell runs: one usage error, not a failed record per cell."""
     assert main(["run", "--task", "cifar10", "--tier", "smoke", "--data-root", str(cifar_root), "--base-model",
                  str(pipeline_layout_unet), "--methods", "naive_deletion", "--metrics", "unlearn_seconds",
-                 "--out", str(tmp_path), "--no-progress"]) == 1
-    assert "generates 64x64 images" in load_records(tmp_path / "records")[0]["error"]
+                 "--out", str(tmp_path), "--no-progress"]) == 2
+    assert "generates 64x64 images" in capsys.readouterr().err
+    assert not load_records(tmp_path)
 
 
 def test_a_published_base_model_offline_names_the_flag_to_pass(monkeypatch: pytest.MonkeyPatch) -> None:
