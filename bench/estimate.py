@@ -22,7 +22,8 @@ from typing import Any
 import torch
 
 from unlearnbench.diffusion import build_unet
-from unlearnbench.loop import LoopConfig, finetune
+from unlearnbench.loop import LoopConfig
+from unlearnbench.method import UnlearnJob
 from unlearnbench.registry import METHODS, METRICS
 
 
@@ -73,20 +74,11 @@ def passes_per_step(method_name: str, protocol: str) -> tuple[float, float]:
     retain, forget = torch.randn(16, 1, 8, 8, generator=generator), torch.randn(2, 1, 8, 8, generator=generator)
     model = build_unet(tiny)
     loop = LoopConfig(steps=1, batch_size=2, lr=1e-4)
-    hparams = method.hparams(protocol)
-    instance = method()
-    log = finetune(copy.deepcopy(model), instance, retain, forget, loop, hparams, 0, torch.device("cpu"),
-                   state=instance.setup(_Job(retain, forget, hparams)), progress=False)
-    return log.unet_forward, log.unet_backward
-
-
-@dataclass
-class _Job:
-    """The fields a method's ``setup`` reads (a stand-in for UnlearnJob when only counting passes)."""
-
-    retain: torch.Tensor
-    forget: torch.Tensor
-    hparams: Any
+    job = UnlearnJob(copy.deepcopy(model), retain, forget, loop, method.hparams(protocol), 0, torch.device("cpu"),
+                     progress=False, protocol=protocol)
+    log = method().unlearn(job)
+    one_off = log.setup  # a mask, a Fisher estimate, replay samples: once per cell, not per step
+    return log.unet_forward - one_off.get("unet_forward", 0.0), log.unet_backward - one_off.get("unet_backward", 0.0)
 
 
 def estimate_rows(bench: Any, micro_batch: int | None = None) -> tuple[list[list[Any]], list[str]]:

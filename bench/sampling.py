@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
@@ -21,13 +22,19 @@ class SamplerConfig:
     batch_size: int = 512
 
 
-def make_sampling_scheduler(config: SamplerConfig) -> DDPMScheduler | DDIMScheduler:
-    """The inference scheduler, sharing the training schedule's β."""
+def make_sampling_scheduler(config: SamplerConfig, schedule: Any = None,
+                            clip: bool = True) -> DDPMScheduler | DDIMScheduler:
+    """The inference scheduler, sharing the training schedule's β (``schedule``: another model's ``NoiseSchedule``,
+    e.g. a latent model's; ``clip``: x̂_0 clipped to [−1, 1], for pixels)."""
     base = make_scheduler().config
+    if schedule is not None:
+        ac = schedule.alphas_cumprod.double()
+        betas = 1 - ac / torch.cat([ac.new_ones(1), ac[:-1]])
+        base = {**base, "num_train_timesteps": len(ac), "trained_betas": betas.tolist()}
     if config.kind == "ddpm":
-        scheduler = DDPMScheduler.from_config(base)
+        scheduler = DDPMScheduler.from_config(base, clip_sample=clip)
     elif config.kind == "ddim":
-        scheduler = DDIMScheduler.from_config(base, clip_sample=True, set_alpha_to_one=True)
+        scheduler = DDIMScheduler.from_config(base, clip_sample=clip, set_alpha_to_one=True)
     else:
         raise ValueError(f"unknown sampler kind {config.kind!r}; use 'ddpm' or 'ddim'")
     scheduler.set_timesteps(config.steps)
@@ -41,15 +48,19 @@ def generate(
     seed: int,
     device: torch.device | str = "cpu",
     progress: bool = True,
+    shape: tuple[int, ...] | None = None,
+    schedule: Any = None,
+    clip: bool = True,
 ) -> Tensor:
     """Draw ``config.num_samples`` images in [−1, 1]; identical for identical (model, config, seed).
 
     Noise comes from a CPU generator seeded per batch, so the images do not depend on the
-    device's RNG or on how many batches ran before.
+    device's RNG or on how many batches ran before. ``shape`` (default: the UNet's), ``schedule`` and ``clip``
+    are for other models than a pixel UNet (a latent model: its schedule, no clipping).
     """
     model.eval()
-    scheduler = make_sampling_scheduler(config)
-    shape = (model.config.in_channels, model.config.sample_size, model.config.sample_size)
+    scheduler = make_sampling_scheduler(config, schedule, clip)
+    shape = shape or (model.config.in_channels, model.config.sample_size, model.config.sample_size)
     out = []
     batches = range(0, config.num_samples, config.batch_size)
     for start in tqdm(batches, desc="sampling", disable=not progress, leave=False):
@@ -59,5 +70,5 @@ def generate(
         for t in scheduler.timesteps:
             eps = model(x, t.to(device)).sample
             x = scheduler.step(eps, t, x, generator=generator).prev_sample
-        out.append(x.clamp(-1, 1).float().cpu())
+        out.append((x.clamp(-1, 1) if clip else x).float().cpu())
     return torch.cat(out)

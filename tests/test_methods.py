@@ -571,7 +571,9 @@ def test_finetune_runs_and_is_reproducible(name):
     assert len(log.losses) == 2 and all(math.isfinite(v) for v in log.losses)
     assert len(log.grad_norms) == 2 and all(math.isfinite(v) and v > 0 for v in log.grad_norms)
     changed = [not torch.equal(b, a) for b, a in zip(before, after)]
-    assert sum(changed) >= 0.9 * len(changed), f"{name}: only {sum(changed)}/{len(changed)} parameters moved"
+    # SalUn moves only its mask (the top 50% of weights ranked together): whole tensors may stay fixed
+    share = 0.3 if name == "salun" else 0.9
+    assert sum(changed) >= share * len(changed), f"{name}: only {sum(changed)}/{len(changed)} parameters moved"
     delta = max(float((b - a).abs().max()) for b, a in zip(before, after))
     assert delta > 1e-4
     assert all(torch.isfinite(a).all() for a in after)
