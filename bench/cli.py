@@ -132,6 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--retry-failed", action="store_true", help="rerun cells whose record says failed")
     ls = sub.add_parser("ls", help="list methods, tasks or metrics")
     ls.add_argument("what", choices=("methods", "tasks", "metrics"))
+    ls.add_argument("--check", action="store_true", help="import every entry, plugins included, and report any that "
+                                                          "cannot be loaded (exit 1)")
     prep = sub.add_parser("prepare", help="train and cache base model, retrain oracle and classifier")
     _common(prep)
     prep.add_argument("--out", type=Path, default=None, help="where to write (default: the user cache)")
@@ -201,32 +203,33 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def _origin(registry: "Registry", name: str) -> str:  # noqa: F821
-    """``unlearnbench`` for a built-in entry, else the plugin's package and version."""
-    origin = registry.origin(name)
-    return " ".join(str(v) for v in (origin["package"] or origin.get("module"), origin["version"]) if v)
-
-
 def cmd_ls(args: argparse.Namespace) -> int:
-    """The registered names with their version, origin (built in, or the plugin package) and description."""
-    registry = {"methods": METHODS, "tasks": TASKS, "metrics": METRICS}[args.what]
-    rows = []
-    for name in registry.names():
-        obj = registry.get(name)
-        if args.what == "methods":
-            aliases = METHODS.aliases_of(name)
-            about = ((obj.__doc__ or sys.modules[obj.__module__].__doc__ or "").strip().splitlines() or [""])[0]
-            about += f"  (aliases: {', '.join(aliases)})" if aliases else ""
-        elif args.what == "tasks":
-            about = f"protocol {obj.protocol}, tiers: {', '.join(obj.tiers())}"
-        else:
-            about = f"{'↑' if obj.higher_is_better else '↓'} {obj.implementation}"
-        rows.append([name, f"v{obj.version}", _origin(registry, name), about])
+    """The registered names with version, origin (built in, or a plugin's package) and description, from the
+    catalogue (``unlearnbench.catalog``: no torch import); ``--check`` imports every entry, plugins included."""
     from tabulate import tabulate
 
+    from unlearnbench import __version__
+    from unlearnbench.catalog import load, plugins
+
+    if args.check:
+        registry = {"methods": METHODS, "tasks": TASKS, "metrics": METRICS}[args.what]
+        registry.load_all()
+        for message in registry.broken.values():
+            print(f"not loaded: {registry.kind} {message}")
+        print(f"{len(registry)} {args.what} loaded" + (f", {len(registry.broken)} set aside" if registry.broken else ""))
+        return 1 if registry.broken else 0
+    rows = []
+    for row in load()[args.what]:
+        about = row["description"]
+        if args.what == "methods" and row["aliases"]:
+            about += f" (aliases: {', '.join(row['aliases'])})"
+        if args.what == "metrics":
+            about = f"{'↑' if row['higher_is_better'] else '↓'} {about}"
+        rows.append([row["name"], f"v{row['version']}", f"unlearnbench {__version__}", about])
+    for row in plugins(args.what):
+        rows.append([row["name"], "-", " ".join(filter(None, (row["package"], row["package_version"]))),
+                     f"plugin: {row['description']}"])
     print(tabulate(rows, headers=[args.what[:-1], "version", "from", "description"], tablefmt="plain"))
-    for message in registry.broken.values():
-        print(f"\nnot loaded: {registry.kind} {message}")
     return 0
 
 
