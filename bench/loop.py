@@ -18,9 +18,9 @@ from typing import Any, Callable, Iterable, Iterator
 import torch
 from diffusers import UNet2DModel
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from unlearnbench.diffusion import NoiseSchedule
+from unlearnbench.progress import bar
 
 
 @dataclass(frozen=True)
@@ -220,7 +220,7 @@ def finetune(
     log = LoopLog()
     start = time.perf_counter()
     try:
-        for step in tqdm(range(loop.steps), desc=f"unlearn {method.name}", disable=not progress, leave=False):
+        for step in bar(range(loop.steps), f"unlearn {method.name}", progress):
             optimizer.zero_grad(set_to_none=True)
             micro = [Batch(retain[next(retain_batches)].to(device), forget[fi].to(device), fi)
                      for fi in (next(forget_batches) for _ in range(loop.grad_accum))]

@@ -6,6 +6,7 @@ cells run in ``unlearnbench.executors``; this module connects them.
 from __future__ import annotations
 
 import contextlib
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -14,6 +15,7 @@ from unlearnbench.cell import CellEnv, CellPlan, run_cell
 from unlearnbench.devices import resolve_device
 from unlearnbench.io import atomic_write_json, file_lock, remove_orphan_temporaries
 from unlearnbench.paths import cache_dir
+from unlearnbench.progress import duration
 from unlearnbench.registry import METHODS, METRICS, TASKS
 from unlearnbench.results import config_hash, needs_run, read_record, record_name
 from unlearnbench.settings import (
@@ -21,6 +23,21 @@ from unlearnbench.settings import (
 )
 from unlearnbench.task import Task, TaskData, Tier
 from unlearnbench.validate import UsageError, validate_hparams, validate_loop, validate_sampler
+
+
+def headline(record: dict[str, Any], names: list[str], count: int = 3) -> str:
+    """The first ``count`` available values of a finished cell, as tables show them: ``forget_rate 2.3%, ...``."""
+    shown = []
+    for name in names:
+        entry = record.get("metrics", {}).get(name) or {}
+        if entry.get("value") is None or METRICS.get(name).kind != "sample":
+            continue
+        metric = METRICS.get(name)
+        value = entry["value"] * 100 if metric.percent else entry["value"]
+        shown.append(f"{name} {value:.{metric.digits}f}{'%' if metric.percent else ''}")
+        if len(shown) == count:
+            break
+    return ", ".join(shown) or "no sample metric"
 
 
 class Benchmark:
@@ -183,8 +200,12 @@ class Benchmark:
             return
         self.ensure_prepared()  # shared work happens once, before any fan-out
         if self.opts.executor == "local" and not self.opts.executor_options:
-            for plan in todo:  # in this process, reusing its loaded data and base model
-                self.execute(plan)
+            took: list[float] = []
+            for i, plan in enumerate(todo):  # in this process, reusing its loaded data and base model
+                left = f", about {duration(sum(took) / len(took) * (len(todo) - i))} left" if took else ""
+                started = time.perf_counter()
+                self.execute(plan, f"{i + 1}/{len(todo)}{left}")
+                took.append(time.perf_counter() - started)
             return
         from unlearnbench.executors import get_executor
 
@@ -200,11 +221,19 @@ class Benchmark:
             self._base = own if own is not None else self.artifacts.base_model()
         return self._base
 
-    def execute(self, plan: CellPlan) -> None:
-        """Run one cell and write its record atomically (what every executor calls, in any process)."""
+    def execute(self, plan: CellPlan, position: str = "") -> None:
+        """Run one cell and write its record atomically (what every executor calls, in any process); say which
+        cell (``position``: "3/9, about 4 min left") and, when done, its time and headline numbers."""
         forget_set = plan.cell.get("forget_set")
+        what = f"{plan.cell['method']} seed {plan.cell['seed']}{'' if forget_set is None else f' forget set {forget_set}'}"
+        self.log(f"cell {position + ': ' if position else ''}{what} ...")
+        started = time.perf_counter()
         record = run_cell(self.env, plan, self.data_for(forget_set), *self.base_model(), self.artifacts_for(forget_set))
         atomic_write_json(plan.path, record)
+        if record["status"] == "ok":
+            self.log(f"  {what} done in {duration(time.perf_counter() - started)}: {headline(record, self.metric_names)}")
+
+
 
     def _needs_run(self, plan: CellPlan) -> bool:
         return needs_run(plan.path, self.opts.overwrite, self.opts.retry_failed, self.out / "quarantine", self.log)

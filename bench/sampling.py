@@ -7,9 +7,9 @@ from typing import Any
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from unlearnbench.diffusion import make_scheduler
+from unlearnbench.progress import bar
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ def generate(
     shape = shape or (model.config.in_channels, model.config.sample_size, model.config.sample_size)
     out = []
     batches = range(0, config.num_samples, config.batch_size)
-    for start in tqdm(batches, desc="sampling", disable=not progress, leave=False):
+    for start in bar(batches, "sampling", progress):
         n = min(config.batch_size, config.num_samples - start)
         generator = torch.Generator().manual_seed(seed * 1_000_003 + start)
         x = torch.randn((n, *shape), generator=generator).to(device)

@@ -15,10 +15,10 @@ from diffusers import UNet2DModel
 from diffusers.optimization import get_cosine_schedule_with_warmup
 from diffusers.training_utils import EMAModel
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from unlearnbench.diffusion import NoiseSchedule, build_unet, ddpm_loss
 from unlearnbench.loop import infinite_indices
+from unlearnbench.progress import bar, interactive
 from unlearnbench.task import TrainRecipe
 
 
@@ -45,8 +45,8 @@ def train_ddpm(
     batches = infinite_indices(len(data), recipe.batch_size, torch.Generator().manual_seed(seed + 1))
     losses: list[float] = []
     start = time.perf_counter()
-    bar = tqdm(range(1, recipe.steps + 1), desc="train ddpm", disable=not progress, mininterval=5)
-    for step in bar:
+    steps = bar(range(1, recipe.steps + 1), "train ddpm", progress)
+    for step in steps:
         x0 = data[next(batches)].to(device)
         noise = torch.randn(x0.shape, generator=generator).to(device)
         t = schedule.sample_timesteps(len(x0), generator, device)
@@ -60,8 +60,8 @@ def train_ddpm(
         losses.append(float(loss.detach()))
         if step % 100 == 0:
             recent = sum(losses[-100:]) / 100
-            bar.set_postfix(loss=f"{recent:.1f}")
-            if not progress:
+            steps.set_postfix(loss=f"{recent:.1f}")
+            if not (progress and interactive()):  # no bar to show it: a plain line
                 log(f"step {step}/{recipe.steps} loss {recent:.2f} ({time.perf_counter() - start:.0f}s)")
         if checkpoint_dir is not None and recipe.checkpoint_every and step % recipe.checkpoint_every == 0:
             ema_model(model, ema).save_pretrained(checkpoint_dir / f"step-{step}" / "unet_ema")

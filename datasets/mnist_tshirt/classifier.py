@@ -17,8 +17,8 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
-from tqdm.auto import tqdm
 
+from unlearnbench.progress import bar
 from unlearnbench.task import ClassifierRecipe, TaskData
 
 NUM_CLASSES = 10
@@ -92,7 +92,7 @@ def train_classifier(
     torch.manual_seed(0)
     model = build_classifier(recipe.arch).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=recipe.lr)
-    for _ in tqdm(range(recipe.epochs), desc="train classifier", disable=not progress):
+    for _ in bar(range(recipe.epochs), "train classifier", progress):
         model.train()
         perm = train[torch.randperm(len(train), generator=generator)]
         for i in range(0, len(perm), recipe.batch_size):

@@ -34,10 +34,10 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from unlearnbench.io import sha256_file
 from unlearnbench.metrics import to_uint8
+from unlearnbench.progress import bar
 from unlearnbench.task import DataMissingError
 
 FOLDER_FORMAT = "unlearnbench-sd-prompt/1"
@@ -192,7 +192,7 @@ def sample_images(parts: FrozenParts, unet: Any, prompt: str, *, n: int, steps: 
     pipe.set_progress_bar_config(disable=True)
     out = []
     try:
-        for start in tqdm(range(0, n, batch_size), desc="sampling", disable=not progress, leave=False):
+        for start in bar(range(0, n, batch_size), "sampling", progress):
             m = min(batch_size, n - start)
             generator = torch.Generator().manual_seed(seed * 1_000_003 + start)
             images = pipe(prompt, num_images_per_prompt=m, num_inference_steps=steps, guidance_scale=guidance,
