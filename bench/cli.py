@@ -11,7 +11,7 @@ from typing import NoReturn
 
 from unlearnbench.errors import ArtefactCorruptError, EnvironmentFailure
 from unlearnbench.registry import METHODS, METRICS, TASKS, UnknownNameError
-from unlearnbench.validate import MAX_SEEDS, UsageError, did_you_mean
+from unlearnbench.validate import MAX_SEEDS, UsageError, did_you_mean, forget_list
 
 DEFAULT_TASK = "mnist_tshirt_mini"
 SUBCOMMANDS = ("run", "ls", "prepare", "tune", "report", "check", "export", "validate")
@@ -78,14 +78,7 @@ def parse_forget(text: str | None) -> list[str] | None:
     sets = []
     for part in _csv(text):
         if part.startswith("@"):
-            path = Path(part[1:])
-            if not path.is_file():
-                raise UsageError(f"--forget {part}: no such file {path}")
-            names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()
-                     if line.strip() and not line.strip().startswith("#")]
-            if not names:
-                raise UsageError(f"--forget {part}: {path} names no images (one per line)")
-            part = "+".join(names)
+            part = forget_list(Path(part[1:]), f"--forget {part} names a file of image names, one a line")
         if any(not name for name in part.split("+")):
             raise UsageError(f"--forget {text}: {part!r} has an empty name around '+'")
         sets.append(part)
@@ -350,6 +343,17 @@ def print_plan(bench: "Benchmark", estimate: bool = True) -> None:  # noqa: F821
                                       "device-hours"]))
         for note in notes:
             print(f"  {note}")
+    print_missing_inputs(bench)
+
+
+def print_missing_inputs(bench: "Benchmark") -> None:  # noqa: F821
+    """What the run needs and does not have (``unlearnbench.inputs``), each with where it comes from."""
+    from unlearnbench.inputs import missing_inputs
+
+    missing = missing_inputs(bench)
+    print(f"\nmissing inputs: {'none' if not missing else len(missing)}")
+    for what, where in missing:
+        print(f"  - {what}\n      from: " + where.replace("\n", "\n        "))
 
 
 def print_sources(bench: "Benchmark", plans: list["CellPlan"]) -> None:  # noqa: F821

@@ -211,3 +211,15 @@ def ensure_writable_folder(path: Path, flag: str) -> None:
             pass
     except OSError as err:
         raise UsageError(f"{flag} {path} is not a writable folder: {err.strerror or err}") from None
+
+
+def forget_list(path: Path, how: str) -> str:
+    """A forget set from a list file: its names (one a line; blank lines and ``#`` comments skipped) joined by
+    ``+``; a missing or empty file is a ``UsageError`` ending with ``how`` (how to name them instead)."""
+    if not path.is_file():
+        raise UsageError(f"no such file {path}; {how}")
+    names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()
+             if line.strip() and not line.strip().startswith("#")]
+    if not names:
+        raise UsageError(f"{path} names no images (one a line); {how}")
+    return "+".join(names)

@@ -28,7 +28,7 @@ from unlearnbench.metrics import EvalContext, MetricValue
 from unlearnbench.protocols import MNIST_TSHIRT
 from unlearnbench.sampling import SamplerConfig
 from unlearnbench.task import DataMissingError, Task, TaskData, Tier, TrainRecipe, register_task
-from unlearnbench.validate import DataFileError, UsageError, require_int, require_real
+from unlearnbench.validate import DataFileError, UsageError, forget_list, require_int, require_real
 from unlearnbench.verification import MEMBERSHIP_METRICS, RELEARN_METRICS, RELEARN_OFF
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
@@ -246,11 +246,7 @@ class ImageFolder(Task):
         listed = task.scan.root / FORGET_LIST
         if not listed.is_file():
             raise UsageError(f"task image_folder: no forget images named; {FORGET_HOWTO}")
-        names = [line.strip() for line in listed.read_text(encoding="utf-8").splitlines()
-                 if line.strip() and not line.strip().startswith("#")]
-        if not names:
-            raise UsageError(f"{listed} names no images; {FORGET_HOWTO}")
-        forget_set = "+".join(names)
+        forget_set = forget_list(listed, FORGET_HOWTO)
         task.forget_files(forget_set)  # unknown names fail now, before any training
         task._note_duplicated(forget_set)
         return (forget_set,)
