@@ -22,6 +22,7 @@ from unlearnbench.errors import EnvironmentFailure
 from unlearnbench.loop import DivergenceError, LoopConfig, assert_finite_weights
 from unlearnbench.method import UnlearnJob
 from unlearnbench.metrics import EvalContext, MetricValue
+from unlearnbench.progress import Heartbeat
 from unlearnbench.registry import METHODS, METRICS
 from unlearnbench.results import SCHEMA_VERSION, device_info, git_commit, software_versions
 from unlearnbench.sampling import SamplerConfig
@@ -59,18 +60,33 @@ class CellEnv:
     log: Callable[[str], None] = print
 
 
-def record_header(plan: CellPlan, device: torch.device, data_source: Any, base_info: Any) -> dict[str, Any]:
-    """What every record starts with, finished or lost: the cell, its config and how it was computed."""
+def utc_now() -> str:
+    """The current UTC time as records write it (``YYYY-MM-DDTHH:MM:SSZ``)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def record_header(plan: CellPlan, device: torch.device, data_source: Any, base_info: Any,
+                  started_at: str | None = None) -> dict[str, Any]:
+    """What every record starts with, finished or lost: the cell, its config and how it was computed.
+
+    ``started_at``: when the cell started (None: unknown, e.g. a lost cell); ``created_at``: when the record
+    was written, set again by ``finish`` once the record is complete."""
     return {
         "schema_version": SCHEMA_VERSION, "cell": plan.cell, "config": plan.config, "config_hash": plan.digest,
         "data_source": data_source, "base_model": base_info, "software": software_versions(),
         "git_commit": git_commit(), "device": device_info(device),
-        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "started_at": started_at, "created_at": utc_now(),
     }
 
 
+def finish(record: dict[str, Any]) -> dict[str, Any]:
+    """Stamp a complete record with its finish time (``created_at``: when the record is written)."""
+    record["created_at"] = utc_now()
+    return record
+
+
 def lost_record(plan: CellPlan, device: torch.device, data_source: Any, error: str) -> dict[str, Any]:
-    """The record of a cell whose worker died on every attempt."""
+    """The record of a cell whose worker died on every attempt (its start is unknown: ``started_at`` is null)."""
     return {**record_header(plan, device, data_source, None), "status": "failed", "error": error, "traceback": None}
 
 
@@ -79,53 +95,55 @@ def run_cell(env: CellEnv, plan: CellPlan, data: TaskData, base: Any, base_info:
     """Unlearn ``base`` by the plan's method, generate, score; the finished (or failed) record."""
     method = METHODS.get(plan.cell["method"])()
     seed = plan.cell["seed"]
-    forget_set = plan.cell.get("forget_set")
-    env.log(f"cell {plan.cell['method']} seed {seed}{'' if forget_set is None else f' forget set {forget_set}'} ...")
-    record = {**record_header(plan, env.device, data.source, base_info), "settings_sources": plan.sources,
+    record = {**record_header(plan, env.device, data.source, base_info, started_at=utc_now()),
+              "settings_sources": plan.sources,
               **({"forget_images": list(data.forget_names)} if data.forget_names else {})}
-    try:
-        env.task.check_model(base, data)
-        torch.manual_seed(seed)
-        job = UnlearnJob(
-            base_model=env.task.bind(copy.deepcopy(base).to(env.device), data),
-            retain=data.retain, forget=data.forget, loop=plan.loop, hparams=plan.hparams, seed=seed,
-            device=env.device, artifacts=artifacts, progress=env.progress,
-            on_step=_step_evaluator(env, seed, data) if env.eval_every else None,
-            schedule=env.task.noise_schedule(env.tier), protocol=str(env.task.protocol),
-        )
-        if env.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(env.device)
-        result = method.unlearn(job)
-        started = time.perf_counter()
-        model = result.model.to(env.device)
-        assert_finite_weights(model, f"after {plan.cell['method']}")
-        sets = env.task.generate(model, env.sampler, seed, env.device, data, env.progress)
-        assert_finite_samples(sets)
-        grid = env.out / "samples" / plan.path.name.replace(".json", ".png")
-        grid.parent.mkdir(parents=True, exist_ok=True)
-        save_image((sets["samples"][:64] + 1) / 2, grid, nrow=8)
-        metrics = score(env.metric_names, eval_context(env, sets, data, model, seed, artifacts), result.log)
-        record.update({
-            "status": "ok", "metrics": metrics, "sample_grid": str(grid.relative_to(env.out)),
-            "costs": {"unlearn_seconds": result.log.seconds, "unet_forward": result.log.unet_forward,
-                      "unet_backward": result.log.unet_backward, "eval_seconds": time.perf_counter() - started,
-                      **({"setup": result.log.setup} if result.log.setup else {}),
-                      "peak_memory_bytes": torch.cuda.max_memory_allocated(env.device)
-                      if env.device.type == "cuda" else None},
-            "training": {"losses": result.log.losses, "grad_norms": result.log.grad_norms,
-                         "evaluations": result.log.evaluations},
-            "notes": result.notes,
-        })
-    except Exception as err:  # one broken cell must not stop the grid; the record keeps why
-        if isinstance(err, DataFileError):  # bad input, not the method's failure: say so, record nothing
-            raise
-        if is_environment_error(err):  # the machine's fault, not the cell's: record nothing, stop
-            raise EnvironmentFailure(f"cell {plan.cell['method']} seed {seed} stopped by the environment, not "
-                                     f"recorded (rerun to resume): {type(err).__name__}: {err}") from err
-        record.update({"status": "failed", "error": f"{type(err).__name__}: {err}",
-                       "traceback": traceback.format_exc()})
-        env.log(f"  failed: {err}")
-    return record
+    with Heartbeat(env.log if env.progress else None, f"{plan.cell['method']} seed {seed}") as beat:
+        try:
+            env.task.check_model(base, data)
+            torch.manual_seed(seed)
+            job = UnlearnJob(
+                base_model=env.task.bind(copy.deepcopy(base).to(env.device), data),
+                retain=data.retain, forget=data.forget, loop=plan.loop, hparams=plan.hparams, seed=seed,
+                device=env.device, artifacts=artifacts, progress=env.progress,
+                on_step=_step_evaluator(env, seed, data) if env.eval_every else None,
+                schedule=env.task.noise_schedule(env.tier), protocol=str(env.task.protocol),
+            )
+            if env.device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(env.device)
+            beat.set("unlearning")
+            result = method.unlearn(job)
+            started = time.perf_counter()
+            model = result.model.to(env.device)
+            assert_finite_weights(model, f"after {plan.cell['method']}")
+            beat.set(f"sampling {env.sampler.num_samples:,} images")
+            sets = env.task.generate(model, env.sampler, seed, env.device, data, env.progress)
+            assert_finite_samples(sets)
+            grid = env.out / "samples" / plan.path.name.replace(".json", ".png")
+            grid.parent.mkdir(parents=True, exist_ok=True)
+            save_image((sets["samples"][:64] + 1) / 2, grid, nrow=8)
+            metrics = score(env.metric_names, eval_context(env, sets, data, model, seed, artifacts), result.log, beat)
+            record.update({
+                "status": "ok", "metrics": metrics, "sample_grid": str(grid.relative_to(env.out)),
+                "costs": {"unlearn_seconds": result.log.seconds, "unet_forward": result.log.unet_forward,
+                          "unet_backward": result.log.unet_backward, "eval_seconds": time.perf_counter() - started,
+                          **({"setup": result.log.setup} if result.log.setup else {}),
+                          "peak_memory_bytes": torch.cuda.max_memory_allocated(env.device)
+                          if env.device.type == "cuda" else None},
+                "training": {"losses": result.log.losses, "grad_norms": result.log.grad_norms,
+                             "evaluations": result.log.evaluations},
+                "notes": result.notes,
+            })
+        except Exception as err:  # one broken cell must not stop the grid; the record keeps why
+            if isinstance(err, DataFileError):  # bad input, not the method's failure: say so, record nothing
+                raise
+            if is_environment_error(err):  # the machine's fault, not the cell's: record nothing, stop
+                raise EnvironmentFailure(f"cell {plan.cell['method']} seed {seed} stopped by the environment, not "
+                                         f"recorded (rerun to resume): {type(err).__name__}: {err}") from err
+            record.update({"status": "failed", "error": f"{type(err).__name__}: {err}",
+                           "traceback": traceback.format_exc()})
+            env.log(f"  failed: {err}")
+    return finish(record)
 
 
 def eval_context(env: CellEnv, sets: dict[str, torch.Tensor], data: TaskData, model: Any, seed: int,
@@ -159,11 +177,13 @@ def _oracle_loader(artifacts: Any) -> Callable[[], tuple[Any, dict[str, Any]]]:
     return load
 
 
-def score(metric_names: list[str], ctx: EvalContext, log: Any) -> dict[str, Any]:
-    """Every metric's value with how it was computed, in the run's metric order."""
+def score(metric_names: list[str], ctx: EvalContext, log: Any, beat: Heartbeat | None = None) -> dict[str, Any]:
+    """Every metric's value with how it was computed, in the run's metric order (``beat`` hears each phase)."""
     out = {}
-    for name in metric_names:
+    for i, name in enumerate(metric_names):
         metric = METRICS.get(name)
+        if beat is not None:
+            beat.set(f"scoring {name} ({i + 1}/{len(metric_names)})")
         started = time.perf_counter()
         value: MetricValue = metric.compute(ctx) if metric.kind == "sample" else metric.compute(log)
         out[name] = {"value": value.value, "higher_is_better": metric.higher_is_better,

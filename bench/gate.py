@@ -11,6 +11,12 @@ is significant (``p < alpha``). Exact metrics (``tolerance == 0``, e.g. pass cou
 deterministic, so any worsening fails without a test. A baseline cell with no current values is
 *missing*, which fails too: the gate must not pass because a method stopped producing results.
 
+Before comparing, the gate checks that the results are runs of what the baseline holds (:func:`mismatch`):
+results of another (task, tier), with seeds the baseline lacks, or without any of the baseline's methods
+are not compared cell by cell. The gate fails with one line naming the mismatch and the ``run`` command
+that produces matching results. Results with only some of the baseline's seeds or methods are compared
+(the absent methods' cells are missing), after a note saying what is absent.
+
 Baseline file (JSON, sorted keys, indent 2, written atomically)::
 
     {"schema": 1, "alpha": 0.05,
@@ -82,17 +88,36 @@ def _seed_order(seed: Any) -> tuple[int, Any]:
     return (0, seed) if isinstance(seed, (int, float)) else (1, str(seed))
 
 
-def collect(results: Path, problems: list[BadRecordError] | None = None) -> tuple[dict[Key, Cell], list[str]]:
+def _run_label(cell: dict[str, Any]) -> Any:
+    """The seed a cell's values are listed under: the seed, or ``<forget set>/seed<seed>`` for named forget sets."""
+    return cell["seed"] if cell.get("forget_set") is None else f"{cell['forget_set']}/seed{cell['seed']}"
+
+
+@dataclass
+class Runs:
+    """What one (task, tier) of a results folder or a baseline holds: its methods and seeds (run labels)."""
+
+    methods: set[str]
+    seeds: set[Any]
+
+
+def collect(results: Path, problems: list[BadRecordError] | None = None,
+            runs: dict[tuple[str, str], Runs] | None = None) -> tuple[dict[Key, Cell], list[str]]:
     """Group the ``ok`` records under ``results`` (recursively) into cells; also return notes
     (failed records ignored, duplicate seeds resolved) worth printing. Bad record files go to
-    ``problems`` (or are warned about, see ``load_records``)."""
+    ``problems`` (or are warned about, see ``load_records``). ``runs`` receives the methods and seeds
+    of every record, failed ones included, per (task, tier)."""
     notes: list[str] = []
     chosen: dict[tuple[str, str, str, Any], dict[str, Any]] = {}
     failed: list[str] = []
     for rec in load_records(results, problems):
         c = rec["cell"]
-        run = c["seed"] if c.get("forget_set") is None else f"{c['forget_set']}/seed{c['seed']}"
+        run = _run_label(c)
         cell_id = (str(c["task"]), str(c["tier"]), str(c["method"]), run)
+        if runs is not None:
+            held = runs.setdefault(cell_id[:2], Runs(set(), set()))
+            held.methods.add(cell_id[2])
+            held.seeds.add(run)
         if rec.get("status") != "ok":
             failed.append(f"{'/'.join(map(str, cell_id[:3]))} seed {cell_id[3]}: {rec.get('error', 'failed')}")
             continue
@@ -268,6 +293,134 @@ def _read_baseline(baseline: Path) -> dict[str, Any] | str:
     return doc
 
 
+def baseline_runs(baseline: dict[str, Any]) -> dict[tuple[str, str], Runs]:
+    """The methods and seeds the baseline holds, per (task, tier)."""
+    runs: dict[tuple[str, str], Runs] = {}
+    for text, stored in baseline.get("cells", {}).items():
+        task, tier, method, _ = _parse_key(text)
+        held = runs.setdefault((task, tier), Runs(set(), set()))
+        held.methods.add(method)
+        held.seeds.update(s for s in stored.get("seeds", []) if s is not None)
+    return runs
+
+
+def _split_runs(labels: set[Any]) -> tuple[list[Any], list[str]]:
+    """Run labels as (seeds, forget sets): ``10000/seed0`` is seed 0 of forget set 10000."""
+    seeds: set[Any] = set()
+    forget: set[str] = set()
+    for label in labels:
+        if isinstance(label, str) and "/seed" in label:
+            name, seed = label.rsplit("/seed", 1)
+            forget.add(name)
+            label = int(seed) if seed.isdigit() else seed
+        seeds.add(label)
+    return sorted(seeds, key=_seed_order), sorted(forget)
+
+
+def seeds_text(seeds: list[Any] | set[Any]) -> str:
+    """Seeds as ``--seeds`` takes them: runs of consecutive integers as ranges (``0-2,5``)."""
+    ints = sorted(s for s in seeds if isinstance(s, int) and not isinstance(s, bool))
+    parts: list[str] = []
+    i = 0
+    while i < len(ints):
+        j = i
+        while j + 1 < len(ints) and ints[j + 1] == ints[j] + 1:
+            j += 1
+        parts.append(str(ints[i]) if i == j else f"{ints[i]}-{ints[j]}")
+        i = j + 1
+    parts += sorted(str(s) for s in seeds if not (isinstance(s, int) and not isinstance(s, bool)))
+    return ",".join(parts)
+
+
+def _runs_text(labels: set[Any]) -> str:
+    seeds, forget = _split_runs(labels)
+    return f"seeds {seeds_text(seeds) or 'none'}" + (f" of forget sets {', '.join(forget)}" if forget else "")
+
+
+def _defaults(task: str, tier: str) -> tuple[list[str], list[str], list[str]] | None:
+    """What ``run --task TASK --tier TIER`` runs without options: (methods, metrics, forget sets); None when the
+    task or tier is not registered here."""
+    try:
+        from unlearnbench.registry import TASKS
+        from unlearnbench.settings import resolve_methods, resolve_metrics
+
+        task_obj = TASKS.get(task)
+        tier_obj = task_obj.tier(tier)
+        methods = resolve_methods(task_obj, None, log=lambda _: None)
+        metrics = resolve_metrics(tier_obj, None, 0, task_obj)
+        return methods, metrics, [str(f) for f in tier_obj.forget_sets or ()]
+    except Exception:  # an unknown or broken task: the command names everything explicitly
+        return None
+
+
+def matching_command(task: str, tier: str, baseline: dict[str, Any]) -> str:
+    """The ``run`` command whose results the baseline's (task, tier) cells compare with."""
+    keys = [_parse_key(k) for k in baseline.get("cells", {})]
+    methods = sorted({k[2] for k in keys if k[:2] == (task, tier)})
+    metrics = sorted({k[3] for k in keys if k[:2] == (task, tier)})
+    seeds, forget = _split_runs(baseline_runs(baseline).get((task, tier), Runs(set(), set())).seeds)
+    defaults = _defaults(task, tier)
+    parts = ["python run_bench.py run", f"--task {task}", f"--tier {tier}"]
+    if defaults is None or set(methods) != set(defaults[0]):
+        order = {m: i for i, m in enumerate(defaults[0] if defaults else [])}
+        parts.append("--methods " + ",".join(sorted(methods, key=lambda m: (order.get(m, len(order)), m))))
+    if defaults is None or not set(metrics) <= set(defaults[1]):
+        order = {m: i for i, m in enumerate(defaults[1] if defaults else [])}
+        parts.append("--metrics " + ",".join(sorted(metrics, key=lambda m: (order.get(m, len(order)), m))))
+    if forget and (defaults is None or forget != sorted(defaults[2])):
+        parts.append("--forget " + ",".join(forget))
+    if seeds:
+        parts.append(f"--seeds {seeds_text(seeds)}")
+    return " ".join([*parts, "--out DIR"])
+
+
+def _pairs_text(pairs: set[tuple[str, str]]) -> str:
+    return ", ".join("/".join(p) for p in sorted(pairs))
+
+
+def mismatch(baseline: dict[str, Any], runs: dict[tuple[str, str], Runs]) -> tuple[str | None, list[str]]:
+    """Whether the results (``runs``, from ``collect``) are runs of what the baseline holds.
+
+    Returns (the one line that fails the gate before any comparison, or None; notes to print before the
+    table). Failing: a (task, tier) of the baseline absent from the results, results with seeds the baseline
+    lacks, or none of the baseline's methods. Noted: results with only some of the baseline's seeds or methods.
+    """
+    base = baseline_runs(baseline)
+    if not base:
+        return None, []
+    absent = sorted(set(base) - set(runs))
+    if absent:
+        commands = " and ".join(matching_command(task, tier, baseline) for task, tier in absent)
+        if not runs:
+            return (f"no records in the results folder, the baseline is {_pairs_text(set(base))}; matching results "
+                    f"come from: {commands}"), []
+        kind = "task" if {t for t, _ in absent} - {t for t, _ in runs} else "tier"
+        return (f"{kind} mismatch: results are {_pairs_text(set(runs))}, the baseline is {_pairs_text(set(base))}; "
+                f"matching results come from: {commands}"), []
+    notes: list[str] = []
+    for (task, tier), held in sorted(base.items()):
+        got = runs[(task, tier)]
+        where = f"{task}/{tier}"
+        command = matching_command(task, tier, baseline)
+        extra_seeds = got.seeds - held.seeds
+        if extra_seeds:
+            kind = "forget-set" if set(_split_runs(extra_seeds)[1]) - set(_split_runs(held.seeds)[1]) else "seed"
+            return (f"{kind} mismatch: results of {where} have {_runs_text(got.seeds)}, the baseline "
+                    f"{_runs_text(held.seeds)}; matching results come from: {command}"), []
+        if not got.methods & held.methods:
+            return (f"method mismatch: results of {where} hold {', '.join(sorted(got.methods))}, the baseline "
+                    f"{', '.join(sorted(held.methods))}; matching results come from: {command}"), []
+        lacking = held.seeds - got.seeds
+        if lacking:
+            notes.append(f"results of {where} lack {_runs_text(lacking)} of the baseline's {_runs_text(held.seeds)}: "
+                         f"compared on the seeds present; matching results come from: {command}")
+        absent_methods = held.methods - got.methods
+        if absent_methods:
+            notes.append(f"results of {where} lack method(s) {', '.join(sorted(absent_methods))} of the baseline "
+                         f"(their cells are missing); matching results come from: {command}")
+    return None, notes
+
+
 def check_main(results: Path, baseline: Path, update: bool = False, alpha: float = 0.05) -> int:
     """Compare ``results`` with ``baseline`` (or rewrite the baseline with ``update``); the exit code:
     0 pass, 1 a regression or a missing cell, 2 unusable input (including any bad record file under
@@ -277,7 +430,8 @@ def check_main(results: Path, baseline: Path, update: bool = False, alpha: float
         print(f"check: results folder {results} does not exist", file=sys.stderr)
         return 2
     bad: list[BadRecordError] = []
-    cells, notes = collect(results, bad)
+    runs: dict[tuple[str, str], Runs] = {}
+    cells, notes = collect(results, bad, runs)
     for err in bad:
         print(f"warning: bad record {err.path}: {err.reason}", file=sys.stderr)
     for note in notes:
@@ -290,10 +444,16 @@ def check_main(results: Path, baseline: Path, update: bool = False, alpha: float
         print(f"check: {doc}", file=sys.stderr)
         return 2
     try:
+        failure, mismatch_notes = mismatch(doc, runs)
         rows = compare(doc, cells, alpha)
     except ValueError as err:
         print(f"check: {err}", file=sys.stderr)
         return 2
+    if failure is not None:  # not runs of what the baseline holds: no cell-by-cell table
+        print(f"gate FAILED: {failure} (baseline {baseline})")
+        return 2 if bad else 1
+    for note in mismatch_notes:
+        print(f"note: {note}", file=sys.stderr)
 
     print(format_table(rows))
     line, failed = summarize(rows)
