@@ -76,7 +76,7 @@ def passes_per_step(method_name: str, protocol: str) -> tuple[float, float]:
     loop = LoopConfig(steps=1, batch_size=2, lr=1e-4)
     job = UnlearnJob(copy.deepcopy(model), retain, forget, loop, method.hparams(protocol), 0, torch.device("cpu"),
                      progress=False, protocol=protocol)
-    log = method().unlearn(job)
+    log = method().unlearn(job).log
     one_off = log.setup  # a mask, a Fisher estimate, replay samples: once per cell, not per step
     return log.unet_forward - one_off.get("unet_forward", 0.0), log.unet_backward - one_off.get("unet_backward", 0.0)
 
