@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import errno
+import os
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -113,6 +114,7 @@ def run_cell(env: CellEnv, plan: CellPlan, data: TaskData, base: Any, base_info:
                 torch.cuda.reset_peak_memory_stats(env.device)
             beat.set("unlearning")
             result = method.unlearn(job)
+            record["device"]["load"] = round(os.getloadavg()[0], 2)  # wall-clock is read against the machine's load
             started = time.perf_counter()
             model = result.model.to(env.device)
             assert_finite_weights(model, f"after {plan.cell['method']}")
@@ -122,9 +124,17 @@ def run_cell(env: CellEnv, plan: CellPlan, data: TaskData, base: Any, base_info:
             grid = env.out / "samples" / plan.path.name.replace(".json", ".png")
             grid.parent.mkdir(parents=True, exist_ok=True)
             save_image((sets["samples"][:64] + 1) / 2, grid, nrow=8)
+            copy_mask = env.task.sample_copy_mask(sets["samples"], data).to(sets["samples"].device)
+            copies = grid.with_name(grid.stem + "-copies.png")  # the memorization itself, for the sample figure
+            if bool(copy_mask.any()):
+                save_image((sets["samples"][copy_mask][:64] + 1) / 2, copies, nrow=8)
+            else:
+                copies.unlink(missing_ok=True)
             metrics = score(env.metric_names, eval_context(env, sets, data, model, seed, artifacts), result.log, beat)
             record.update({
                 "status": "ok", "metrics": metrics, "sample_grid": str(grid.relative_to(env.out)),
+                "sample_copies": {"grid": str(copies.relative_to(env.out)) if bool(copy_mask.any()) else None,
+                                  "count": int(copy_mask.sum()), "n_samples": len(copy_mask)},
                 "costs": {"unlearn_seconds": result.log.seconds, "unet_forward": result.log.unet_forward,
                           "unet_backward": result.log.unet_backward, "eval_seconds": time.perf_counter() - started,
                           **({"setup": result.log.setup} if result.log.setup else {}),

@@ -432,8 +432,9 @@ def _ray_cell(opts: "RunOptions", digest: str, threads: int, bundle: dict[str, A
             plan = dataclasses.replace(plan, path=bench.out / "records" / plan.path.name)
             bench.execute(plan)
             record = plan.path.read_text()
-            rel = json.loads(record).get("sample_grid")  # absent when the cell failed
-            files = {rel: (bench.out / rel).read_bytes()} if rel and (bench.out / rel).is_file() else {}
+            done = json.loads(record)  # the sample grid and the copies grid are absent when the cell failed
+            rels = [done.get("sample_grid"), (done.get("sample_copies") or {}).get("grid")]
+            files = {rel: (bench.out / rel).read_bytes() for rel in rels if rel and (bench.out / rel).is_file()}
         return {"digest": digest, "record": record, "files": files}
     finally:
         if bundle is not None:

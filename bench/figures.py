@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import math
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
@@ -144,11 +145,124 @@ def tradeoff_figure(stats: Mapping[str, Mapping[str, Stat]], directions: Mapping
         return _save(fig, path)
 
 
-def samples_figure(grids: Mapping[str, Path | None], path: Path, title: str = "",
-                   skipped: list[str] | None = None) -> Path | None:
-    """One panel per row: the sample grid PNG of its first seed, titled with the row label."""
+#: Where a cell's detected copies of the forget image are saved, next to its sample grid (``samples/<record>.png``).
+COPIES_SUFFIX = "-copies"
+COPIES_COLOUR = "#d62728"
+
+
+@dataclass(frozen=True)
+class Copies:
+    """The samples of one cell detected as copies of the forget image, among all its generated samples.
+
+    ``png``: a grid of the copies (``samples/<record>-copies.png``, 8 a row, the first 64), None when the record
+    saved none; ``count``: how many samples are copies (``metrics.forget_rate.extra.copies``), None when unknown;
+    ``n_samples``: how many samples were searched."""
+
+    png: Path | None
+    count: int | None
+    n_samples: int | None = None
+
+
+def copies_title(copies: Copies | None) -> str:
+    """The copy panel's title: the count of copies among the samples searched."""
+    if copies is None or copies.count is None:
+        return "copies of the forget image: not counted"
+    among = f" in {copies.n_samples} samples" if copies.n_samples else ""
+    more = " (first 64 shown)" if copies.count > 64 and copies.png is not None else ""
+    return f"copies of the forget image:\n{copies.count}{among}{more}"
+
+
+def _tiles(width: int, height: int, grid: tuple[int, int] | None) -> int | None:
+    """The tile size of a ``save_image`` grid (8 a row, padding 2) whose full 8-wide grid is ``grid`` (w, h), or
+    None when the sizes do not fit that layout."""
+    if grid is None or (grid[0] - 2) % 8:
+        return None
+    size = (grid[0] - 2) // 8 - 2
+    return size if size > 0 and (width - 2) % (size + 2) == 0 and (height - 2) % (size + 2) == 0 else None
+
+
+def copies_panel(ax: object, copies: Copies | None, like: np.ndarray | None = None) -> str:
+    """Draw a cell's copy panel on ``ax``: its detected copies of the forget image on a canvas the size of the random
+    grid ``like`` (so both show samples at one scale), each copy framed in red, the panel framed in red and titled
+    with the count (``copies_title``); a sentence instead of images when there is no copy, or when the record saved
+    none ("copies not saved in this record"). Returns the title."""
+    from matplotlib.patches import Rectangle
     from PIL import Image
 
+    title = copies_title(copies)
+    png = copies.png if copies is not None and copies.png is not None and Path(copies.png).is_file() else None
+    canvas = np.full(like.shape if like is not None else (242, 242, 3), 235, dtype=np.uint8)
+    message = None
+    frames: list[tuple[int, int, int]] = []
+    if png is not None:
+        with Image.open(png) as im:
+            pixels = np.asarray(im.convert("RGB"))
+        h, w = min(pixels.shape[0], canvas.shape[0]), min(pixels.shape[1], canvas.shape[1])
+        canvas[:h, :w] = pixels[:h, :w]
+        full = (canvas.shape[1], canvas.shape[0]) if like is not None else None
+        size = _tiles(pixels.shape[1], pixels.shape[0], full)
+        if size is not None and copies.count:
+            per_row = (pixels.shape[1] - 2) // (size + 2)
+            rows = (pixels.shape[0] - 2) // (size + 2)
+            frames = [(2 + c * (size + 2), 2 + r * (size + 2), size)
+                      for k in range(min(copies.count, per_row * rows)) for r, c in [divmod(k, per_row)]]
+    elif copies is None or copies.count is None:
+        message = "no copy count\nin this record"
+    elif copies.count == 0:
+        message = "no copies"
+    else:
+        message = "copies not saved\nin this record"
+    ax.imshow(canvas, interpolation="nearest")
+    for x, y, size in frames:
+        ax.add_patch(Rectangle((x - 1.5, y - 1.5), size + 2, size + 2, fill=False, edgecolor=COPIES_COLOUR,
+                               linewidth=1.0))
+    if message:
+        ax.text(0.5, 0.5, message, transform=ax.transAxes, ha="center", va="center", fontsize=9, color="0.25")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.grid(False)
+    for spine in ax.spines.values():
+        spine.set_visible(True)
+        spine.set_edgecolor(COPIES_COLOUR)
+        spine.set_linewidth(2.0)
+    ax.set_title(title, fontsize=8, color=COPIES_COLOUR)
+    return title
+
+
+def samples_axes(grids: Mapping[str, Path], copies: Mapping[str, Copies | None] | None = None,
+                 title: str = "") -> Figure:
+    """The sample figure (``samples_figure``) as a matplotlib ``Figure``: per row its random grid, titled with the
+    row label, and with ``copies`` beside it its copy panel (``copies_panel``)."""
+    from PIL import Image
+
+    pair = 2 if copies is not None else 1
+    per_line = 3 if copies is not None else 5
+    ncols = min(len(grids), per_line)
+    nrows = math.ceil(len(grids) / ncols)
+    fig = Figure(figsize=(2.6 * ncols * pair, 2.9 * nrows + (0.3 if title else 0)), layout="constrained")
+    axes = fig.subplots(nrows, ncols * pair, squeeze=False).ravel()
+    for ax in axes:
+        ax.set_axis_off()
+    for k, (label, png) in enumerate(grids.items()):
+        with Image.open(png) as im:
+            pixels = np.asarray(im.convert("RGB"))
+        ax = axes[k * pair]
+        ax.imshow(pixels, interpolation="nearest")
+        ax.set_title(label if copies is None else f"{label}: random samples", fontsize=9)
+        if copies is not None:
+            panel = axes[k * pair + 1]
+            panel.set_axis_on()
+            copies_panel(panel, copies.get(label), like=pixels)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def samples_figure(grids: Mapping[str, Path | None], path: Path, title: str = "",
+                   skipped: list[str] | None = None, copies: Mapping[str, Copies | None] | None = None) -> Path | None:
+    """One panel per row: the sample grid PNG of its first seed, titled with the row label; with ``copies`` (row
+    label -> ``Copies``), beside it the detected copies of the forget image among all that cell's samples, framed in
+    red with their count (``copies_panel``)."""
     present = {label: p for label, p in grids.items() if p is not None and Path(p).is_file()}
     missing = [label for label in grids if label not in present]
     if not present:
@@ -156,21 +270,8 @@ def samples_figure(grids: Mapping[str, Path | None], path: Path, title: str = ""
         return None
     if missing and skipped is not None:
         skipped.append(f"sample grids: no PNG for {', '.join(missing)}")
-    ncols = min(len(present), 5)
-    nrows = math.ceil(len(present) / ncols)
     with _style():
-        fig = Figure(figsize=(2.6 * ncols, 2.9 * nrows + (0.3 if title else 0)), layout="constrained")
-        axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
-        for ax, (label, png) in zip(axes, present.items()):
-            with Image.open(png) as im:
-                pixels = np.asarray(im.convert("RGB"))
-            ax.imshow(pixels, interpolation="nearest")
-            ax.set_title(label, fontsize=9)
-        for ax in axes:
-            ax.set_axis_off()
-        if title:
-            fig.suptitle(title)
-        return _save(fig, path)
+        return _save(samples_axes(present, copies, title), path)
 
 
 def forget_curve_figure(curves: Mapping[str, Sequence[Sequence[Mapping[str, float]]]], path: Path,

@@ -82,6 +82,26 @@ class Metric:
     #: "oracle" when the right value is the retrain oracle's, not an extreme (membership ranks, NLL): the
     #: distance to the oracle ranks it; None: ``higher_is_better`` does.
     target: str | None = None
+    #: A sample-quality metric (FID, KID, IS): collapse floors are declared on such metrics, and a collapsed model
+    #: keeps its place on them. Every other sample metric (forget rates, copies, likelihood, membership, relearning)
+    #: is a forgetting metric, on which a collapsed model takes no best. Costs are known by ``kind``.
+    quality: bool = False
+    #: The collapse floor of a quality metric, a ratio to the base model's mean (the ``reference_before`` row): a
+    #: leaderboard row whose mean is below ``collapse`` x the base's (``higher_is_better``; a ratio < 1) or above it
+    #: (lower is better; a ratio > 1) is marked collapsed and takes no best on the forgetting metrics. None: no floor.
+    collapse: float | None = None
+    #: Machine-dependent (wall-clock): shown for information with the machine it was measured on, never ranked.
+    informational: bool = False
+    #: Cost metrics of one unit (e.g. "UNet passes") are ranked together, by the sum of their means.
+    cost_unit: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.collapse is not None:
+            ok = self.collapse > 0 and (self.collapse < 1 if self.higher_is_better else self.collapse > 1)
+            if not self.quality or not ok:
+                raise ValueError(f"metric {self.name!r}: a collapse floor is a ratio to the base model's mean on a "
+                                 f"quality metric (< 1 when higher is better, > 1 when lower is), got "
+                                 f"{self.collapse!r} (quality={self.quality})")
 
 
 def register_metric(name: str, **fields: Any) -> Callable[[Callable[..., MetricValue]], Callable[..., MetricValue]]:
@@ -512,7 +532,8 @@ def _online() -> bool:
 
 
 @register_metric("fid", check=bootstrap_replicates,
-                 higher_is_better=False, tolerance=0.10, relative=True, order=110, deltas=True,
+                 higher_is_better=False, tolerance=0.10, relative=True, order=110, deltas=True, quality=True,
+                 collapse=10.0,
                  implementation="Inception-v3 FID (torch-fidelity inception-v3-compat, 2048-d pool features; grayscale "
                                 "repeated to 3 channels), non-forget samples vs the training (retain) images")
 def fid(ctx: EvalContext) -> MetricValue:
@@ -573,7 +594,7 @@ def _inception(ctx: EvalContext, weights: str | None, kid: bool = False) -> dict
 
 
 @register_metric("kid", check=bootstrap_replicates,
-                 higher_is_better=False, tolerance=0.005, order=111, deltas=True,
+                 higher_is_better=False, tolerance=0.005, order=111, deltas=True, quality=True,
                  implementation="Kernel Inception Distance (torch-fidelity kid: unbiased MMD² with the cubic "
                                 "polynomial kernel, mean over 100 subsets of min(1000, samples, references)) of "
                                 "FID's Inception-v3 features, non-forget samples vs the FID reference images")
@@ -597,7 +618,7 @@ def kid(ctx: EvalContext) -> MetricValue:
 
 
 @register_metric("inception_score", check=bootstrap_replicates,
-                 higher_is_better=True, tolerance=0.05, relative=True, order=130,
+                 higher_is_better=True, tolerance=0.05, relative=True, order=130, quality=True, collapse=0.5,
                  implementation="Inception Score (torch-fidelity isc, inception-v3-compat logits, 10 splits) of the "
                                 "generated samples that are not copies of the forget image")
 def inception_score(ctx: EvalContext) -> MetricValue:
@@ -621,6 +642,7 @@ def _nll_passes(tier_eval: dict[str, Any]) -> tuple[float, float]:
 
 
 @register_metric("nll", higher_is_better=True, tolerance=0.05, relative=True, order=90, passes=_nll_passes,
+                 target="oracle",
                  implementation="negative log-likelihood of the forget image in bits/dim under the unlearned model: "
                                 "probability-flow ODE (VPSDE beta 0.1 -> 20), scipy RK45 rtol = atol = 1e-5, "
                                 "Hutchinson divergence, uniform dequantization (bench/likelihood.py)")
@@ -640,19 +662,21 @@ def nll(ctx: EvalContext) -> MetricValue:
                        implementation=implementation)
 
 
-def _cost_metric(key: str, name: str, implementation: str, order: int, tolerance: float | None = None) -> None:
+def _cost_metric(key: str, name: str, implementation: str, order: int, tolerance: float | None = None,
+                 **fields: Any) -> None:
     def compute(log: Any) -> MetricValue:
         return MetricValue(float(getattr(log, key)))
 
-    METRICS.add(name, Metric(name, False, implementation, compute, "cost", tolerance=tolerance, order=order, digits=1))
+    METRICS.add(name, Metric(name, False, implementation, compute, "cost", tolerance=tolerance, order=order, digits=1,
+                             **fields))
 
 
 _cost_metric("seconds", "unlearn_seconds", "wall-clock of the unlearning method only (evaluation excluded, CUDA "
-             "synchronised); retrain: the oracle's training time", order=170)
+             "synchronised); retrain: the oracle's training time", order=170, informational=True)
 _cost_metric("unet_forward", "unet_forward", "UNet forward passes in units of one batch-per-branch (samples forwarded "
-             "/ batch size), counted by a forward hook", order=180, tolerance=0.0)
+             "/ batch size), counted by a forward hook", order=180, tolerance=0.0, cost_unit="UNet passes")
 _cost_metric("unet_backward", "unet_backward", "UNet backward passes in units of one batch-per-branch, counted by a "
-             "gradient hook on the UNet output", order=190, tolerance=0.0)
+             "gradient hook on the UNet output", order=190, tolerance=0.0, cost_unit="UNet passes")
 
 
 def _deletion_step(log: Any) -> MetricValue:

@@ -5,8 +5,10 @@ one leaderboard per (task, tier) — one row per method, the mean over seeds per
 interval and the direction each record declares, marks for rows statistically indistinguishable from
 the oracle and from the best row, the difference of the mean to the reference rows (the model before
 unlearning and the oracle, by their roles, with intervals) for the metrics that declare ``deltas``, the
-aggregate distance to the oracle, the number of seeds, and a header saying how every number was
-computed — as Markdown, LaTeX (booktabs), CSV and a self-contained HTML page with the figures of
+aggregate distance to the oracle, the number of seeds, the ranking rule (what is bold: by direction, by distance
+to the oracle for metrics whose target it is, costs by UNet passes, wall-clock never; rows that break a quality
+metric's collapse floor marked and kept from the best on the forgetting metrics) and a header saying how every
+number was computed — as Markdown, LaTeX (booktabs), CSV and a self-contained HTML page with the figures of
 ``unlearnbench.figures`` embedded. The statistics are those of ``unlearnbench.table`` and
 ``unlearnbench.uncertainty`` (``docs/uncertainty.md``).
 
@@ -33,8 +35,9 @@ from unlearnbench.io import atomic_write_text
 from unlearnbench.registry import METHODS, METRICS
 from unlearnbench.results import BadRecordError, load_records, record_name
 from unlearnbench.table import (
-    DISTANCE_NOTE, TOWARDS_ORACLE, Row, _flatten, arrow, build_rows, compare, heading, interval_text, marks,
-    method_rank, metric_columns, num, oracle_distances, percent, references, role, target,
+    COLLAPSED, DISTANCE_NOTE, TOWARDS_ORACLE, Collapse, Row, _flatten, base_row, best_rows, build_rows,
+    collapse_floors, collapse_notes, collapses, compare, cost_notes, cost_unit, forgetting, heading, informational,
+    interval_text, marks, method_rank, metric_columns, num, oracle_distances, percent, references, role, target,
 )
 from unlearnbench.uncertainty import LEADERBOARD_REPLICATES
 
@@ -46,17 +49,70 @@ TITLE = "unlearnbench leaderboard"
 MARKS = {"oracle": "†", "best": "‡"}
 
 
+def _reference_names() -> tuple[str, str]:
+    """The method names of the model before unlearning and of the oracle (by role), or words for them."""
+    names = METHODS.names()
+    before = next((m for m in names if METHODS.get(m).role == "reference_before"), "the model before unlearning")
+    oracle = next((m for m in names if METHODS.get(m).role == "oracle"), "the oracle")
+    return before, oracle
+
+
 def legend() -> str:
     """The leaderboard's legend, naming the reference rows by their roles (before unlearning, the oracle)."""
-    before, oracle = (references(METHODS.names()) + ["the model before unlearning", "the oracle"])[:2]
+    before, oracle = _reference_names()
     return ("mean over seeds [95% interval: hierarchical bootstrap over seeds and each cell's bootstrap replicates]; "
             "forget_rate in %; ↑/↓: higher/lower is better, as declared in the records;"
-            f"{TOWARDS_ORACLE}: the right value is the {oracle} oracle's (membership ranks: no best, no bold); "
-            f"Δ m vs {before} / vs {oracle}: the row's mean minus the {before} row's / the {oracle} oracle's mean, "
-            "paired by seed, with its 95% interval (forget rate in percentage points, pp); bold: the best mean among "
-            f"the unlearning methods ({before} and {oracle} excluded); {MARKS['oracle']}: statistically "
-            f"indistinguishable from the {oracle} oracle; {MARKS['best']}: indistinguishable from the bold row; "
-            "distance to oracle: see the test note.")
+            f"{TOWARDS_ORACLE}: the right value is the {oracle} oracle's (NLL, membership ranks: ranked by the "
+            f"distance to it); Δ m vs {before} / vs {oracle}: the row's mean minus the {before} row's / the {oracle} oracle's "
+            "mean, paired by seed, with its 95% interval (forget rate in percentage points, pp); bold: the best among "
+            f"the unlearning methods ({before} and {oracle} excluded) by the ranking rule stated below; "
+            f"{MARKS['oracle']}: statistically indistinguishable from the {oracle} oracle; {MARKS['best']}: "
+            f"indistinguishable from the bold row;{COLLAPSED}: the row breaks a collapse floor (below) and takes no "
+            "best on the forgetting metrics; distance to oracle: see the test note.")
+
+
+#: The ranking rule of the metrics whose target is the oracle, as every leaderboard states it.
+ORACLE_RULE = ("ranked by the distance to the {oracle} oracle: the bold row is the one whose mean is closest to the "
+               "oracle's (smallest |row mean − oracle mean|), not the largest or smallest value")
+
+
+def ranking_rules(group: "Group") -> str:
+    """The ranking rule under every table: direction, distance to the oracle, costs by their counted unit,
+    wall-clock never, and the collapse floors with the metrics a collapsed row takes no best on."""
+    before, oracle = _reference_names()
+    ms = group.metrics
+    towards = [m for m in ms if target(m) == "oracle"]
+    units: dict[str, list[str]] = {}
+    for m in ms:
+        if cost_unit(m) is not None and not informational(m):
+            units.setdefault(cost_unit(m), []).append(m)
+    wall = [m for m in ms if informational(m)]
+    listed = lambda names: f" ({', '.join(names)})" if names else ""  # noqa: E731
+    parts = [f"Ranking (bold), among the unlearning methods: by the metric's direction (↑/↓); metrics marked"
+             f"{TOWARDS_ORACLE}{listed(towards)} are " + ORACLE_RULE.format(oracle=oracle)
+             + f", and carry no {MARKS['best']} ({MARKS['oracle']} marks the rows indistinguishable from the oracle)"]
+    parts += [f"costs are ranked by {unit} ({' + '.join(names)}): the fewest in total is bold in each of those columns"
+              for unit, names in units.items()]
+    if wall:
+        parts.append(f"wall-clock{listed(wall)} is informational and never ranked")
+    text = "; ".join(parts) + "."
+    base = base_row(group.rows)
+    floors = collapse_floors(ms)
+    forgets = [m for m in ms if forgetting(m)]
+    if not floors:
+        return text + " No collapse floor is declared on this table's metrics."
+    if base is None:
+        return text + f" Collapse floors ({', '.join(floors)}) are not applied: no {before} row."
+    shown = []
+    for m, ratio in floors.items():
+        b = base.mean(m)
+        if base.stats[m][2] and np.isfinite(b) and b > 0:
+            hib = METRICS.get(m).higher_is_better
+            shown.append(f"{m} {'<' if hib else '>'} {ratio:g} × {base.label}'s {num(b, m)} = {num(ratio * b, m)}")
+    return text + (f" Collapse: a row whose mean breaks a floor declared on a quality metric relative to the "
+                   f"{base.label} row ({'; '.join(shown) or 'none applies: no positive base mean'}) is "
+                   f"marked{COLLAPSED} and takes no bold and no {MARKS['best']} on the forgetting "
+                   f"metrics{listed(forgets)}; it keeps its place on the quality metrics and costs.")
 
 
 def test_note() -> str:
@@ -66,8 +122,8 @@ def test_note() -> str:
             "seed one stored bootstrap replicate of each row's cell (its value when it stores none); the 95% "
             "percentile interval of the mean difference decides: two rows are indistinguishable when it contains 0. "
             "With one shared seed and no replicates nothing varies: such comparisons are listed as not testable, "
-            "never marked. Metrics whose target is the oracle have no best by direction and no best mark; costs are "
-            "not compared. " + DISTANCE_NOTE + ".")
+            "never marked. Metrics whose target is the oracle are ranked by the distance to it and get no "
+            f"{MARKS['best']} mark; costs are not compared. " + DISTANCE_NOTE + ".")
 
 
 # --------------------------------------------------------------------------------------------- data
@@ -91,6 +147,12 @@ class Group:
     marks: dict[str, dict[int, set[str]]] = field(default_factory=dict)
     #: row index -> gaps to the oracle and their aggregate (``table.oracle_distances``)
     distances: dict[int, dict[str, Any]] = field(default_factory=dict)
+    #: row index -> the collapse floors its mean breaks (``table.collapses``)
+    collapsed: dict[int, list[Collapse]] = field(default_factory=dict)
+
+    def footnotes(self) -> list[str]:
+        """What goes under the table after the ranking rule: one line per collapsed row, then the costs."""
+        return collapse_notes(self.rows, self.collapsed) + cost_notes(self.rows, self.metrics)
 
     @property
     def slug(self) -> str:
@@ -173,7 +235,7 @@ def _build_group(task: str, tier: str, items: list[tuple[dict[str, Any], Path | 
         if len(declared) > 1 or not entries or all(e.get("higher_is_better") is None for e in entries):
             notes.append(f"{m}: the records disagree on (or do not declare) its direction; no ↑/↓ shown")
         n = _distinct(e.get("n_samples") for e in entries)
-        metric_info.append(f"{m}{arrow(directions[m])} v{_distinct(e.get('version') for e in entries)}"
+        metric_info.append(f"{heading(m, directions[m])} v{_distinct(e.get('version') for e in entries)}"
                            f"{'' if n == 'n/a' else f', n = {n}'}: {_distinct(e.get('implementation') for e in entries)}")
         if len({str(e.get('version')) for e in entries}) > 1:
             notes.append(f"{m}: records were computed with different metric versions; rows may not be comparable")
@@ -203,9 +265,10 @@ def _build_group(task: str, tier: str, items: list[tuple[dict[str, Any], Path | 
 
     header = _header(task, ok, rows)
     unlearning = [i for i, r in enumerate(rows) if role(r.method) == "unlearning"]
-    found, untestable = marks(rows, metrics, unlearning)
+    fallen = collapses(rows, metrics)
+    found, untestable = marks(rows, metrics, unlearning, collapsed=fallen)
     return Group(task, tier, rows, metrics, directions, deltas, header, metric_info, failed, notes + untestable,
-                 marks=found, distances=oracle_distances(rows, metrics))
+                 marks=found, distances=oracle_distances(rows, metrics), collapsed=fallen)
 
 
 def _header(task: str, ok: list[tuple[dict[str, Any], Path | None]], rows: list[Row]) -> list[tuple[str, str]]:
@@ -281,16 +344,20 @@ def _ref(group: Group, method: str) -> Row | None:
 
 
 def _best(group: Group) -> dict[str, set[int]]:
-    """metric -> indices of the rows holding the best (displayed) mean among unlearning methods."""
+    """metric -> indices of the rows holding the best displayed value among unlearning methods, by the ranking rule
+    (``table.best_rows``: direction, distance to the oracle, counted cost; wall-clock never; collapsed rows take no
+    best on the forgetting metrics)."""
     out: dict[str, set[int]] = {}
+    shown = lambda row, m: float(num(row.mean(m), m))  # noqa: E731  (ties as the reader sees them)
     for m in group.metrics:
         hib = group.directions.get(m)
-        cands = [(i, r) for i, r in enumerate(group.rows) if role(r.method) == "unlearning" and r.stats[m][2]]
-        if hib is None or len(cands) < 2 or target(m) == "oracle":  # the oracle's value is right, not an extreme
+        cands = [i for i, r in enumerate(group.rows) if role(r.method) == "unlearning" and r.stats[m][2]]
+        if len(cands) < 2 or (hib is None and target(m) != "oracle" and cost_unit(m) is None):
             continue
-        shown = {i: float(num(r.mean(m), m)) for i, r in cands}
-        best = max(shown.values()) if hib else min(shown.values())
-        out[m] = {i for i, v in shown.items() if v == best}
+        best = best_rows(group.rows, m, cands, group.metrics, higher_is_better=hib, collapsed=group.collapsed,
+                         value=shown)
+        if best:
+            out[m] = best
     return out
 
 
@@ -307,7 +374,8 @@ def _display(group: Group) -> tuple[pd.DataFrame, pd.DataFrame]:
     for i, row in enumerate(group.rows):
         seeds = str(len(row.ok)) + (f" (+{len(row.failed)} failed)" if row.failed else "")
         distance = [_distancecell(group, i)] if group.distances else []
-        cells.append([row.label, seeds] + [_marked(group, row, i, m) for m in group.metrics]
+        label = row.label + (COLLAPSED if i in group.collapsed else "")
+        cells.append([label, seeds] + [_marked(group, row, i, m) for m in group.metrics]
                      + [_deltacell(row, refs[ref], m) for m, ref in group.deltas] + distance)
         bold.append([False, False] + [i in best.get(m, set()) for m in group.metrics]
                     + [False] * (len(group.deltas) + len(distance)))
@@ -331,6 +399,8 @@ def _numeric(group: Group) -> pd.DataFrame:
                                "method": row.method, "row": row.label, "method_version": cfg.get("method_version"),
                                "seeds": len(row.ok), "failed_seeds": len(row.failed)}
         i = group.rows.index(row)
+        rec["collapsed"] = i in group.collapsed
+        rec["collapsed_by"] = ";".join(c.metric for c in group.collapsed.get(i, []))
         gaps = group.distances.get(i, {}).get("gaps", {})
         for m in group.metrics:
             mean, std, n = row.stats[m]
@@ -356,7 +426,8 @@ def _numeric(group: Group) -> pd.DataFrame:
     for col in frame.columns:
         if col in ("task_version", "method_version", "seeds", "failed_seeds") or col.endswith("_n"):
             frame[col] = frame[col].astype("Int64")
-        elif col.endswith(("_higher_is_better", "_indistinguishable_from_oracle", "_indistinguishable_from_best")):
+        elif col == "collapsed" or col.endswith(("_higher_is_better", "_indistinguishable_from_oracle",
+                                                 "_indistinguishable_from_best")):
             frame[col] = frame[col].astype("boolean")
     return frame
 
@@ -379,7 +450,8 @@ def render_markdown(groups: list[Group], out: Path) -> str:
         lines += ["- metrics:", *[f"  - {m}" for m in g.metric_info], ""]
         if body:
             lines += [tabulate(body, headers=[_md_escape(c) for c in _columns(g)], tablefmt="github",
-                               disable_numparse=True), "", legend(), "", test_note(), ""]
+                               disable_numparse=True), "", legend(), "", test_note(), "", ranking_rules(g), ""]
+            lines += [f"- {n}" for n in g.footnotes()] + ([""] if g.footnotes() else [])
         else:
             lines += ["No successful cells.", ""]
         shown = [(k, p) for k, p in g.figures.items() if p is not None]
@@ -404,7 +476,8 @@ def _failed(rec: dict[str, Any]) -> str:
 _LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                   "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
 _LATEX_UNICODE = {"±": r"$\pm$", "↑": r"$\uparrow$", "↓": r"$\downarrow$", "Δ": r"$\Delta$", "—": "--",
-                  "−": "$-$", "†": r"$^\dagger$", "‡": r"$^\ddagger$"}
+                  "−": "$-$", "†": r"$^\dagger$", "‡": r"$^\ddagger$", "≈": r"$\approx$", "×": r"$\times$",
+                  "<": "$<$", ">": "$>$", "|": r"$|$", "–": "--"}
 
 
 def _tex(text: str) -> str:
@@ -428,7 +501,9 @@ def render_latex(groups: list[Group]) -> str:
                   " & ".join(_tex(c) for c in cols) + r" \\", r"\midrule"]
         for row, brow in zip(cells.values.tolist(), bold.values.tolist()):
             lines.append(" & ".join(rf"\textbf{{{_tex(c)}}}" if b else _tex(c) for c, b in zip(row, brow)) + r" \\")
-        lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]
+        lines += [r"\bottomrule", r"\end{tabular}", r"\par\smallskip", r"{\footnotesize\raggedright"]
+        lines += [_tex(t) + r"\par" for t in [ranking_rules(g), *g.footnotes()]]
+        lines += ["}", r"\end{table}", ""]
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
@@ -459,6 +534,7 @@ table.leaderboard thead th { border-bottom: 1px solid #111; background: #f2f2f2;
 table.leaderboard tbody tr:nth-child(even) { background: #fafafa; }
 table.leaderboard td.best { font-weight: bold; }
 table.leaderboard tr.reference td { color: #333; font-style: italic; }
+table.leaderboard tr.collapsed th, table.leaderboard tr.collapsed td { color: #8a1c00; }
 p.legend, ul.metrics, ul.notes { font-size: 12px; color: #333; }
 figure { margin: 12px 0; }
 figure img { max-width: 100%; border: 1px solid #ddd; }
@@ -490,7 +566,9 @@ _CAPTIONS = {
     "tradeoff": "Forget rate against sample quality: seed means, error bars = 95% interval of the mean "
                 "(hierarchical bootstrap over seeds and each cell's replicates); dashed line: the Pareto front "
                 "(non-dominated rows by their means, each metric in its declared direction).",
-    "samples": "Generated samples of each row's first seed.",
+    "samples": "Generated samples of each row's first seed: its first 64 samples (random: no selection) and, beside "
+               "them in red, the samples detected as copies of the forget image among all its samples (the forget "
+               "rate's copies, each framed, with their count; at most 64 shown).",
     "forget_curve": "Forget rate against unlearning step (mean over seeds, band = population std over seeds); "
                     "dashed: {references}.",
 }
@@ -513,14 +591,22 @@ def render_html(groups: list[Group]) -> str:
             parts.append(f'<div class="scroll"><table id="{table_id}" class="leaderboard">')
             parts.append("<thead><tr>" + "".join(f'<th scope="col">{e(c)}</th>' for c in _columns(g))
                          + "</tr></thead><tbody>")
-            for row, crow, brow in zip(g.rows, cells.values.tolist(), bold.values.tolist()):
-                cls = ' class="reference"' if role(row.method) != "unlearning" else ""
+            for i, (row, crow, brow) in enumerate(zip(g.rows, cells.values.tolist(), bold.values.tolist())):
+                names = (["reference"] if role(row.method) != "unlearning" else []) + (
+                    ["collapsed"] if i in g.collapsed else [])
+                cls = f' class="{" ".join(names)}"' if names else ""
+                if i in g.collapsed:
+                    cls += f' data-collapsed="{e(" ".join(c.metric for c in g.collapsed[i]))}"'
                 tds = [f'<th scope="row">{e(crow[0])}</th>'] + [
                     ('<td class="best">' if b else "<td>") + f"{e(c)}</td>" for c, b in zip(crow[1:], brow[1:])]
                 parts.append(f'<tr{cls} data-method="{e(row.method)}">' + "".join(tds) + "</tr>")
             parts.append("</tbody></table></div>")
             parts.append(f'<p class="legend">{e(legend())}</p>')
             parts.append(f'<p class="legend test">{e(test_note())}</p>')
+            parts.append(f'<p class="legend rules">{e(ranking_rules(g))}</p>')
+            if g.footnotes():
+                parts.append('<ul class="notes footnotes">' + "".join(f"<li>{e(n)}</li>" for n in g.footnotes())
+                             + "</ul>")
         else:
             parts.append("<p>No successful cells.</p>")
         parts.append('<h3>Metrics</h3><ul class="metrics">' + "".join(f"<li>{e(m)}</li>" for m in g.metric_info)
@@ -557,6 +643,28 @@ def _bar(row: Row, metric: str) -> tuple[float, float, float] | None:
     return est["estimate"], lo, hi
 
 
+def _copies(rec: dict[str, Any], path: Path | None) -> figures.Copies:
+    """A record's detected copies of the forget image among all its samples: the record's ``sample_copies``
+    (``grid``: the PNG of the copies, relative to the results folder; ``count``; ``n_samples``) when it has one, else
+    the PNG saved next to its sample grid (``samples/<record>-copies.png``) with the forget rate's count
+    (``metrics.forget_rate.extra.copies`` of ``n_samples``)."""
+    root = path.parent.parent if path is not None else None
+    saved = rec.get("sample_copies")
+    if isinstance(saved, dict):
+        grid = saved.get("grid")
+        return figures.Copies(root / grid if grid and root is not None else None, saved.get("count"),
+                              saved.get("n_samples"))
+    fr = (rec.get("metrics") or {}).get("forget_rate") or {}
+    count = (fr.get("extra") or {}).get("copies")
+    grid = rec.get("sample_grid")
+    png = None
+    if grid and root is not None:
+        named = root / grid
+        png = named.with_name(named.stem + figures.COPIES_SUFFIX + named.suffix)
+    return figures.Copies(png if png is not None and png.is_file() else None,
+                          int(count) if isinstance(count, (int, float)) else None, fr.get("n_samples"))
+
+
 def _draw(group: Group, fig_dir: Path) -> None:
     stats = {r.label: {m: _bar(r, m) for m in group.metrics} for r in group.rows}
     base = fig_dir / group.slug
@@ -565,12 +673,15 @@ def _draw(group: Group, fig_dir: Path) -> None:
         stats, group.directions, Path(f"{base}__tradeoff.png"), title=group.title, skipped=skipped,
         references=[r.label for r in group.rows if role(r.method) != "unlearning"])
     grids: dict[str, Path | None] = {}
+    copies: dict[str, figures.Copies] = {}
     for row in group.rows:
         rec, path = row.ok[0]
         grid = rec.get("sample_grid")
-        grids[f"{row.label} (seed {rec['cell']['seed']})"] = path.parent.parent / grid if grid and path else None
+        label = f"{row.label} (seed {rec['cell']['seed']})"
+        grids[label] = path.parent.parent / grid if grid and path else None
+        copies[label] = _copies(rec, path)
     group.figures["samples"] = figures.samples_figure(grids, Path(f"{base}__samples.png"), title=group.title,
-                                                      skipped=skipped)
+                                                      skipped=skipped, copies=copies)
     curves = {r.label: [list((rec.get("training") or {}).get("evaluations") or []) for rec, _ in r.ok]
               for r in group.rows}
     refs = {ref: _ref(group, ref) for ref in references(METHODS.names())}

@@ -181,6 +181,119 @@ def target(metric: str) -> str | None:
     return METRICS.get(metric).target if metric in METRICS else None
 
 
+def informational(metric: str) -> bool:
+    """Whether ``metric`` is shown for information only and never ranked (machine-dependent wall-clock)."""
+    return metric in METRICS and METRICS.get(metric).informational
+
+
+def cost_unit(metric: str) -> str | None:
+    """The unit a cost metric is ranked in together with the others of that unit (their sum), or None."""
+    return METRICS.get(metric).cost_unit if metric in METRICS and METRICS.get(metric).kind == "cost" else None
+
+
+def forgetting(metric: str) -> bool:
+    """Whether ``metric`` measures forgetting (a registered sample metric not declared ``quality``): a collapsed
+    row takes no best on it. Unregistered metrics are not."""
+    return metric in METRICS and METRICS.get(metric).kind == "sample" and not METRICS.get(metric).quality
+
+
+def base_row(rows: list[Row]) -> Row | None:
+    """The first row of the role ``reference_before`` (the model before unlearning), if any."""
+    return next((r for r in rows if role(r.method) == "reference_before"), None)
+
+
+@dataclass(frozen=True)
+class Collapse:
+    """A row's mean beyond the collapse floor a quality metric declares relative to the base model's mean."""
+
+    metric: str
+    value: float  # the row's mean
+    floor: float  # ratio x base
+    ratio: float
+    base: float  # the base row's mean
+    higher_is_better: bool
+
+    def text(self, base_label: str) -> str:
+        side = "below" if self.higher_is_better else "above"
+        unit = "%" if percent(self.metric) else ""
+        return (f"{self.metric} {num(self.value, self.metric)}{unit} is {side} the floor "
+                f"{num(self.floor, self.metric)}{unit} ({self.ratio:g} × {base_label}'s "
+                f"{num(self.base, self.metric)}{unit})")
+
+
+def collapse_floors(metrics: Iterable[str]) -> dict[str, float]:
+    """metric -> its declared collapse ratio, for the ``metrics`` that declare one."""
+    return {m: METRICS.get(m).collapse for m in metrics if m in METRICS and METRICS.get(m).collapse is not None}
+
+
+def collapses(rows: list[Row], metrics: Iterable[str]) -> dict[int, list[Collapse]]:
+    """Row index -> the collapse floors its mean breaks (``Metric.collapse``: a ratio to the base row's mean, in
+    the metric's direction); rows that break none are absent, and so is the base row itself. Without a base row
+    (role ``reference_before``) or with a base mean <= 0 for a metric, that floor is not applied."""
+    base = base_row(rows)
+    out: dict[int, list[Collapse]] = {}
+    if base is None:
+        return out
+    for m, ratio in collapse_floors(metrics).items():
+        b = base.mean(m)
+        if not base.stats.get(m, (0, 0, 0))[2] or not np.isfinite(b) or b <= 0:
+            continue
+        hib = METRICS.get(m).higher_is_better
+        floor = ratio * b
+        for i, row in enumerate(rows):
+            if row is base or not row.stats.get(m, (0, 0, 0))[2]:
+                continue
+            v = row.mean(m)
+            if (v < floor) if hib else (v > floor):
+                out.setdefault(i, []).append(Collapse(m, v, floor, ratio, b, hib))
+    return out
+
+
+def best_rows(rows: list[Row], metric: str, candidates: Iterable[int], metrics: Iterable[str],
+              higher_is_better: bool | None = None, collapsed: Iterable[int] = (),
+              value: Any = None) -> set[int]:
+    """The indices among ``candidates`` holding the best value of ``metric`` under the leaderboard's rules
+    (``docs/uncertainty.md``); empty when it is not ranked:
+
+    - informational metrics (wall-clock) are never ranked;
+    - metrics whose target is the oracle: the smallest |value - the oracle row's value|;
+    - costs of one ``cost_unit`` (UNet passes): the smallest sum over the unit's metrics among ``metrics``;
+    - otherwise by ``higher_is_better`` (the registry's when None);
+    - on forgetting metrics the ``collapsed`` rows are not candidates.
+
+    ``value(row, metric)``: the number compared (default the row's mean; leaderboards pass the displayed one)."""
+    value = value or (lambda row, m: row.mean(m))
+    has = lambda i, m: rows[i].stats.get(m, (0, 0, 0))[2] > 0  # noqa: E731
+    cands = [i for i in candidates if has(i, metric)]
+    if forgetting(metric):
+        fallen = set(collapsed)
+        cands = [i for i in cands if i not in fallen]
+    if informational(metric) or not cands:
+        return set()
+    scores: dict[int, float]
+    unit = cost_unit(metric)
+    if target(metric) == "oracle":
+        oracle = oracle_row(rows)
+        if oracle is None or not oracle.stats.get(metric, (0, 0, 0))[2]:
+            return set()
+        ref = value(oracle, metric)
+        scores = {i: abs(value(rows[i], metric) - ref) for i in cands}
+    elif unit is not None:
+        group = [m for m in metrics if cost_unit(m) == unit and not informational(m)]
+        scores = {i: sum(value(rows[i], m) for m in group) for i in cands if all(has(i, m) for m in group)}
+    else:
+        hib = higher_is_better if higher_is_better is not None else (
+            METRICS.get(metric).higher_is_better if metric in METRICS else None)
+        if hib is None:
+            return set()
+        scores = {i: -value(rows[i], metric) if hib else value(rows[i], metric) for i in cands}
+    scores = {i: round(v, 9) for i, v in scores.items() if np.isfinite(v)}
+    if not scores:
+        return set()
+    low = min(scores.values())
+    return {i for i, v in scores.items() if v == low}
+
+
 def compare(row: Row, other: Row, metric: str) -> dict[str, Any] | None:
     """``row`` minus ``other`` on ``metric``, paired by run, with its hierarchical bootstrap interval."""
     a, b = row.draws.get(metric), other.draws.get(metric)
@@ -220,26 +333,27 @@ def oracle_distances(rows: list[Row], metrics: list[str]) -> dict[int, dict[str,
     return out
 
 
-def marks(rows: list[Row], metrics: list[str], candidates: list[int]) -> tuple[dict[str, dict[int, set[str]]],
-                                                                            list[str]]:
+def marks(rows: list[Row], metrics: list[str], candidates: list[int],
+          collapsed: Iterable[int] = ()) -> tuple[dict[str, dict[int, set[str]]], list[str]]:
     """The rows indistinguishable (by ``paired_bootstrap``) from the oracle ("oracle") and from the best of
-    ``candidates`` by the metric's direction ("best"; skipped for metrics whose target is the oracle): metric
-    -> row index -> marks; and notes naming what was not testable."""
+    ``candidates`` by the metric's direction ("best"; skipped for metrics whose target is the oracle, whose best is
+    the closest to it): metric -> row index -> marks; and notes naming what was not testable. On forgetting
+    metrics the ``collapsed`` rows are neither the best nor marked as indistinguishable from it."""
     oracle = oracle_row(rows)
+    collapsed = set(collapsed)
     out: dict[str, dict[int, set[str]]] = {}
     untestable: dict[str, list[str]] = {}
     for m in (m for m in metrics if compared(m)):
         out[m] = {}
-        hib = METRICS.get(m).higher_is_better if m in METRICS else None
-        with_values = [i for i in candidates if rows[i].stats.get(m, (0, 0, 0))[2]]
         best = None
-        if with_values and hib is not None and target(m) != "oracle":
-            best = (max if hib else min)(with_values, key=lambda i: rows[i].mean(m))
+        if target(m) != "oracle":
+            found = best_rows(rows, m, candidates, metrics, collapsed=collapsed)
+            best = min(found) if found else None
         for i, row in enumerate(rows):
             for kind, ref in (("oracle", oracle), ("best", rows[best] if best is not None else None)):
                 if ref is None or ref is row or not row.stats.get(m, (0, 0, 0))[2]:
                     continue
-                if kind == "best" and i not in candidates:
+                if kind == "best" and (i not in candidates or (forgetting(m) and i in collapsed)):
                     continue
                 verdict = indistinguishable(compare(row, ref, m))
                 if verdict is None:
@@ -249,6 +363,79 @@ def marks(rows: list[Row], metrics: list[str], candidates: list[int]) -> tuple[d
     notes = [f"{m}: not testable (one shared seed and no bootstrap replicates) for {', '.join(pairs)}"
              for m, pairs in untestable.items()]
     return out, notes
+
+
+#: How a collapsed row's label is marked (``collapses``).
+COLLAPSED = " (collapsed)"
+
+
+def collapse_notes(rows: list[Row], found: dict[int, list[Collapse]]) -> list[str]:
+    """One footnote per collapsed row: each floor it breaks, with the row's mean, the floor and the base mean."""
+    base = base_row(rows)
+    label = base.label if base is not None else "the base model"
+    return [f"{rows[i].label}{COLLAPSED}: " + "; ".join(c.text(label) for c in found[i]) for i in sorted(found)]
+
+
+def machine(device: Any) -> str | None:
+    """A record's ``device`` as a reader wants it: the device, the CPU, the torch threads, and the machine's load
+    when the record holds one (``load`` or ``loadavg``)."""
+    if not isinstance(device, dict) or not device:
+        return None
+    kind = " ".join(str(x) for x in (device.get("type"), device.get("name")) if x) or "unknown device"
+    parts = [f"CPU {device['cpu']}" if device.get("cpu") else None,
+             f"{device['torch_threads']} torch threads" if device.get("torch_threads") is not None else None]
+    load = device.get("load", device.get("loadavg"))
+    if load is not None:
+        parts.append(f"load {load}")
+    return f"{kind} ({', '.join(p for p in parts if p)})" if any(parts) else kind
+
+
+def _oracle_training(info: Any) -> str | None:
+    """Where an oracle's cost comes from: the training of its prepared weights (a record's ``notes.oracle``)."""
+    if not isinstance(info, dict) or not info:
+        return None
+    where = info.get("location") or "the prepared artefact"
+    how = ", ".join(p for p in (
+        f"{info['steps']} steps of batch {info['batch_size']}" if info.get("steps") and info.get("batch_size")
+        else None,
+        f"on {info['device']}" if info.get("device") else "on an unrecorded device",
+        f"torch {info['torch']}" if info.get("torch") else None,
+        f"prepared {info['prepared_at']}" if info.get("prepared_at") else None,
+        f"{float(info['seconds']):.1f} s" if isinstance(info.get("seconds"), (int, float)) else None) if p)
+    return f"{where}: {how}"
+
+
+def cost_notes(rows: list[Row], metrics: Iterable[str]) -> list[str]:
+    """What the cost columns are: wall-clock (informational, with the machines and loads it was measured on),
+    the machine-free cost that ranks (``cost_unit``: UNet passes), and where each oracle row's cost comes from."""
+    metrics = list(metrics)
+    notes = []
+    wall = [m for m in metrics if informational(m)]
+    if wall:
+        recs = [rec for row in rows if role(row.method) != "oracle" for rec, _ in row.ok]
+        machines = sorted({machine(rec.get("device")) for rec in recs} - {None})
+        loaded = any(isinstance(rec.get("device"), dict) and ("load" in rec["device"] or "loadavg" in rec["device"])
+                     for rec in recs)
+        notes.append(f"{', '.join(wall)}: wall-clock, informational only and never ranked: it depends on the machine "
+                     f"and on its load; measured on {'; '.join(machines) or 'an unrecorded machine'}"
+                     + ("" if loaded else "; the records hold no measure of the machine's load"))
+    units: dict[str, list[str]] = {}
+    for m in metrics:
+        unit = cost_unit(m)
+        if unit is not None and not informational(m):
+            units.setdefault(unit, []).append(m)
+    for unit, names in units.items():
+        notes.append(f"cost rank: {unit} ({' + '.join(names)}), counted, independent of the machine; the fewest in "
+                     "total is the cheapest")
+    costs = [m for m in metrics if m in METRICS and METRICS.get(m).kind == "cost"]
+    for row in rows:
+        if role(row.method) != "oracle" or not costs:
+            continue
+        where = sorted({_oracle_training((rec.get("notes") or {}).get("oracle")) for rec, _ in row.ok} - {None})
+        notes.append(f"{row.label}: its costs are not those of an unlearning run but of the training of its "
+                     f"prepared weights, the same in each of its records ("
+                     + ("; ".join(where) if where else "the records do not say where it ran") + ")")
+    return notes
 
 
 def interval_text(row: Row, metric: str) -> str:
@@ -302,12 +489,13 @@ def comparison_table(records: list[dict[str, Any]], off_by_default: dict[str, st
     metric_names = metric_columns({m for r in ok for m in r["metrics"]}, order)
     rows, notes = build_rows([(r, None) for r in records], metric_names)
     distances = oracle_distances(rows, metric_names)
+    fallen = collapses(rows, metric_names)
     lines = []
     for i, row in enumerate(rows):
         for name in metric_names:
             for reason in sorted({r["metrics"][name].get("reason") for r, _ in row.ok if name in r["metrics"]} - {None}):
                 notes.append(f"{row.method} {name}: {reason}")
-        label = row.label + (f" ({len(row.failed)} failed)" if row.failed else "")
+        label = row.label + (COLLAPSED if i in fallen else "") + (f" ({len(row.failed)} failed)" if row.failed else "")
         notes += [f"{row.method} seed {r['cell']['seed']} failed: {r.get('error')}" for r in row.failed]
         distance = [] if not distances else [
             "—" if i not in distances or distances[i]["distance"] is None else f"{distances[i]['distance']:.2f}"]
@@ -316,6 +504,7 @@ def comparison_table(records: list[dict[str, Any]], off_by_default: dict[str, st
     if distances:
         headers.append("distance to oracle ↓")
         notes.append(DISTANCE_NOTE)
+    notes += collapse_notes(rows, fallen) + cost_notes(rows, metric_names)
     table = tabulate(lines, headers=headers, tablefmt=fmt, disable_numparse=True)
     if ok:
         for name in metric_names:

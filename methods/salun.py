@@ -6,11 +6,12 @@ Before unlearning, once: g = ∇_θ L_DDPM(θ₀; forget set), m = 1[|g| among t
 
 SalUn's DDPM forget loss (official ``DDPM/runners/diffusion.py``, ``--method rl``) matches the model's
 prediction on a noised forget image to its own prediction under another class label. Data unlearning has
-no labels, so the default forget loss here is the adaptation closest to it: the target is the ideal
-denoiser of the retain distribution at x_t, estimated on the step's retain batch (the posterior mean
-v̄ of ``retrack_target`` over that batch), with RL's element-mean squared error; L_r is the DDPM loss on
-the retain batch. ``base`` puts the same mask over any registered fine-tuning method instead
-(``--set salun.base=retrack``); that method's published values for the task's protocol apply.
+no labels, so the default forget loss here is the adaptation closest to it: the prediction is pulled to
+what it would be were x_t a noised retain image near the forget image (the posterior mean v̄ of
+``retrack_target`` over the forget image's ``k`` nearest retain images, as ReTrack), with RL's element-mean
+squared error; L_r is the DDPM loss on the retain batch. ``base`` puts the same mask over any registered
+fine-tuning method instead (``--set salun.base=retrack``); that method's published values for the task's
+protocol apply.
 
 Published DDPM settings (official ``DDPM/README.md`` and ``configs/cifar10_saliency_unlearn.yml``,
 commit a6e89fd): α = 1e-3, Adam lr 1e-4, batch 128, gradient clipping 1.0, the mask over the top 50%.
@@ -31,6 +32,8 @@ from unlearnbench.diffusion import NoiseSchedule, ddpm_loss, predict_noise, sum_
 from unlearnbench.loop import Batch, StepContext
 from unlearnbench.method import FineTuneMethod, UnlearnJob
 from unlearnbench.methods.retrack import retrack_target
+from unlearnbench.neighbours import cached_knn_search
+from unlearnbench.paths import cache_root
 from unlearnbench.protocols import PROTOCOLS
 from unlearnbench.registry import METHODS
 
@@ -42,6 +45,7 @@ class SalUnHparams:
     fraction: float  # the share of weights the mask keeps (the most salient ones)
     alpha: float  # weight of the retain loss in the default forget loss L_f + α·L_r
     base: str = DEFAULT_LOSS  # a registered fine-tuning method to mask instead of the default loss
+    k: int = 10  # retain neighbours behind the default loss's target
 
     def __post_init__(self) -> None:
         if not 0 < self.fraction <= 1:
@@ -56,6 +60,7 @@ class SalUnHparams:
 @dataclass
 class SalUnState:
     mask: list[Tensor]  # one 0/1 tensor per trainable parameter
+    neighbours: Tensor | None = None  # (len(forget), k, D): the default loss's retain neighbours
     base: FineTuneMethod | None = None
     base_hparams: Any = None
     base_state: Any = None
@@ -96,10 +101,12 @@ class SalUn(FineTuneMethod):
         mask = saliency_mask(job.base_model, job.forget, schedule, h.fraction, job.loop.batch_size, job.seed,
                              job.device)
         if h.base == DEFAULT_LOSS:
-            return SalUnState(mask)
+            _, index = cached_knn_search(job.forget, job.retain, h.k, cache_root() / "knn")
+            return SalUnState(mask, neighbours=job.retain[index.reshape(-1)].flatten(1).reshape(*index.shape, -1))
         base = METHODS.get(h.base)()
         base_hparams = base.hparams(job.protocol or "")
-        return SalUnState(mask, base, base_hparams, base.setup(dataclasses.replace(job, hparams=base_hparams)))
+        return SalUnState(mask, base=base, base_hparams=base_hparams,
+                          base_state=base.setup(dataclasses.replace(job, hparams=base_hparams)))
 
     def _inner(self, ctx: StepContext) -> StepContext:
         """The step as the wrapped method sees it: its own hyper-parameters and state (same model, noise, grads)."""
@@ -119,13 +126,13 @@ class SalUn(FineTuneMethod):
                 p.grad.mul_(m)
 
     def loss(self, ctx: StepContext, batch: Batch) -> Tensor:
-        """L_f + α·L_r: the forget image's prediction pulled to the retain denoiser's (element mean, as RL's
-        MSE), plus the DDPM loss on the retain batch (pixel sum, batch mean)."""
+        """L_f + α·L_r: the forget image's prediction pulled to the one its retain neighbours call for (element
+        mean, as RL's MSE), plus the DDPM loss on the retain batch (pixel sum, batch mean)."""
         a, x = batch.forget, batch.retain
         t = ctx.timesteps(len(a))
         gamma, sigma = ctx.schedule.gamma(t, a), ctx.schedule.sigma(t, a)
         x_a = gamma * a + sigma * ctx.noise_like(a)
-        v_bar, _ = retrack_target(x_a, gamma, sigma, x.flatten(1))
+        v_bar, _ = retrack_target(x_a, gamma, sigma, ctx.state.neighbours[batch.forget_index].to(ctx.device))
         eps_r, t_r = ctx.noise_like(x), ctx.timesteps(len(x))
         pred = predict_noise(ctx.model, torch.cat([x_a, ctx.schedule.add_noise(x, eps_r, t_r)]), torch.cat([t, t_r]))
         pred_a, pred_r = pred[: len(a)], pred[len(a) :]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 
 import copy
+import html
 import io
 import json
 import re
@@ -236,7 +237,24 @@ def _chromium(page: Path, tmp: Path, *mode: str) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=180)
 
 
-def test_html_renders_in_headless_chromium(board: Path, tmp_path: Path) -> None:
+def _collapsed_variant(results: Path, dest: Path) -> Path:
+    """A copy of the results whose naive_deletion row breaks is_clf's collapse floor (a tenth of pretrain's)."""
+    shutil.copytree(results / "records", dest / "records")
+    shutil.copytree(results / "samples", dest / "samples")
+    base = np.mean([r["metrics"]["is_clf"]["value"] for r in _records(results) if r["cell"]["method"] == "pretrain"])
+    for path in sorted((dest / "records").glob("*.json")):
+        rec = json.loads(path.read_text())
+        if rec["cell"]["method"] == "naive_deletion" and rec["status"] == "ok":
+            entry = rec["metrics"]["is_clf"]
+            scale = 0.1 * base / entry["value"]
+            entry["value"] *= scale
+            entry["replicates"] = [v * scale for v in entry.get("replicates") or []]
+            entry["interval"] = [v * scale for v in entry["interval"]] if entry.get("interval") else None
+            path.write_text(json.dumps(rec))
+    return dest
+
+
+def test_html_renders_in_headless_chromium(board: Path, results: Path, tmp_path: Path) -> None:
     if not CHROMIUM.exists():
         if os.environ.get("CI") == "true":  # .ci/run installs it: in CI a skip would hide a broken page
             pytest.fail("chromium missing in CI: .ci/run must install it (apt-get install -y chromium)")
@@ -255,6 +273,27 @@ def test_html_renders_in_headless_chromium(board: Path, tmp_path: Path) -> None:
     table = re.search(r'<table id="leaderboard".*?</table>', dom.stdout, re.S)
     assert table
     assert re.findall(r'data-method="([^"]+)"', table.group(0)) == METHODS
+    # the ranking rule is stated under the table: distance to the oracle, wall-clock never ranked, collapse floors
+    rules = re.search(r'<p class="legend rules">(.*?)</p>', dom.stdout, re.S)
+    assert rules, dom.stdout[-3000:]
+    text = html.unescape(rules.group(1))
+    assert "the bold row is the one whose mean is closest to the oracle's (smallest |row mean − oracle mean|)" in text
+    assert "(unlearn_seconds) is informational and never ranked" in text and "is marked (collapsed)" in text
+    assert "unlearn_seconds: wall-clock, informational only and never ranked" in html.unescape(dom.stdout)
+    assert 'class="collapsed"' not in table.group(0)  # no smoke row breaks a floor
+
+    # a collapsed row, rendered: marked in the table, with the footnote naming the metric, its value and the floor
+    variant = _collapsed_variant(results, tmp_path / "collapsed")
+    report_main(variant)
+    other = _chromium(variant / "leaderboard" / "leaderboard.html", tmp_path, "--dump-dom")
+    assert other.returncode == 0 and "Uncaught" not in other.stderr, other.stderr[-3000:]
+    row = r'<tr( class="[^"]*")?( data-collapsed="[^"]*")? data-method="([^"]+)">\s*<th scope="row">([^<]*)<'
+    rows = re.findall(row, re.search(r'<table id="leaderboard".*?</table>', other.stdout, re.S).group(0))
+    marked = {method: (cls, flag, label) for cls, flag, method, label in rows}
+    assert marked["naive_deletion"] == (' class="collapsed"', ' data-collapsed="is_clf"', "naive_deletion (collapsed)")
+    assert all(label == m for m, (_, _, label) in marked.items() if m != "naive_deletion")
+    assert re.search(r"<li>naive_deletion \(collapsed\): is_clf [0-9.]+ is below the floor [0-9.]+ \(0\.5 × pretrain",
+                     other.stdout)
 
     shot_path = tmp_path / "shot.png"
     shot = _chromium(page, tmp_path, f"--screenshot={shot_path}")

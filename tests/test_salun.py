@@ -66,11 +66,12 @@ def _ctx(model: UNet2DModel, hparams: SalUnHparams, state: SalUnState, seed: int
     return StepContext(model, NoiseSchedule.from_scheduler(), hparams, state, torch.Generator().manual_seed(seed), CPU)
 
 
-def test_the_default_loss_is_the_retain_denoisers_target_plus_alpha_retain_loss() -> None:
+def test_the_default_loss_is_the_neighbours_target_plus_alpha_retain_loss() -> None:
     model = tiny_unet()
     retain, forget = data(1)
     h = SalUnHparams(fraction=0.5, alpha=0.3)
-    ctx = _ctx(model, h, SalUnState(mask=[]))
+    pools = torch.stack([retain[[0, 3, 5]], retain[[1, 2, 4]]])  # each forget image's own retain neighbours
+    ctx = _ctx(model, h, SalUnState(mask=[], neighbours=pools.flatten(2)))
     batch = Batch(retain[:6], forget[:2], torch.arange(2))
     ours = SalUn().loss(ctx, batch)
     # the same draws, in the same order: t_a, ε_a, ε_r, t_r
@@ -82,7 +83,7 @@ def test_the_default_loss_is_the_retain_denoisers_target_plus_alpha_retain_loss(
     ac = NoiseSchedule.from_scheduler().alphas_cumprod.double()
     ga, sa = ac[t_a].sqrt().view(-1, 1, 1, 1), (1 - ac[t_a]).sqrt().view(-1, 1, 1, 1)
     x_a = ga * batch.forget + sa * eps_a
-    v = (x_a[:, None] - ga[:, None] * batch.retain[None]) / sa[:, None]  # (2, 6, 1, 8, 8): one target per image
+    v = (x_a[:, None] - ga[:, None] * pools) / sa[:, None]  # (2, 3, 1, 8, 8): one target per neighbour
     w = torch.softmax(-(v ** 2).sum(dim=(2, 3, 4)) / 2, dim=1)
     v_bar = (w[:, :, None, None, None] * v).sum(1)
     x_r = ac[t_r].sqrt().view(-1, 1, 1, 1) * batch.retain + (1 - ac[t_r]).sqrt().view(-1, 1, 1, 1) * eps_r

@@ -76,7 +76,7 @@ def _dir_hash(folder: Path) -> str:
 
 @register_metric("is_clf", check=bootstrap_replicates,
                  higher_is_better=True, tolerance=0.05, relative=True, order=120, needs=("classifier",),
-                 deltas=True,
+                 deltas=True, quality=True, collapse=0.5,
                  implementation="Inception-Score formula on the logits of the suite's MNIST classifier, 10 splits, "
                                 "non-forget samples only (torch-fidelity isc, registered classifier extractor; max 10)")
 def is_clf(ctx: EvalContext) -> MetricValue:
@@ -89,7 +89,7 @@ def is_clf(ctx: EvalContext) -> MetricValue:
 
 @register_metric("fid_clf", check=bootstrap_replicates,
                  higher_is_better=False, tolerance=0.25, relative=True, order=100, needs=("classifier",),
-                 deltas=True,
+                 deltas=True, quality=True, collapse=10.0,
                  implementation="Frechet distance of the MNIST classifier's penultimate features, non-forget samples "
                                 "vs the retain digits (torch-fidelity fid, registered classifier extractor, float64)")
 def fid_clf(ctx: EvalContext) -> MetricValue:
@@ -102,6 +102,7 @@ def fid_clf(ctx: EvalContext) -> MetricValue:
 
 @register_metric("kid_clf", check=bootstrap_replicates,
                  higher_is_better=False, tolerance=0.25, relative=True, order=101, needs=("classifier",), deltas=True,
+                 quality=True,
                  implementation="Kernel distance of the MNIST classifier's penultimate features (torch-fidelity kid: "
                                 "unbiased MMD² with the cubic polynomial kernel, mean over 100 subsets of min(1000, "
                                 "samples, references)), non-forget samples vs the retain digits")
