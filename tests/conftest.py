@@ -20,7 +20,7 @@ def smoke_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def smoke_run(smoke_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The default benchmark at the smoke tier, all nine methods, run once per session."""
+    """The default benchmark at the smoke tier, all methods, run once per session."""
     from unlearnbench.cli import main
 
     out = tmp_path_factory.mktemp("smoke-results")
