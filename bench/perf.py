@@ -38,7 +38,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-STEP_METHODS = ("naive_deletion", "neggrad", "erasediff", "siss", "siss_no_is", "retrack", "retrack_all")
+STEP_METHODS = ("naive_deletion", "neggrad", "erasediff", "siss", "siss_no_is", "retrack", "retrack_all", "salun",
+                "selective_amnesia")
 PLAIN_METHOD = "naive_deletion"  # the plain DDPM training step: DDPM loss on a retain batch, one F and one B
 CPU = torch.device("cpu")
 GB = 1e9
@@ -152,7 +153,7 @@ def run_method_steps(name: str, retain: Tensor, forget: Tensor, steps: int = 10,
     optimizer step: batch, loss or gradient rule, clipping, AdamW); the first ``warmup`` steps are
     dropped. Returns the per-step seconds and the pass counts per step (``PassCounter``).
     """
-    from unlearnbench.loop import LoopConfig, finetune
+    from unlearnbench.loop import LoopConfig, PassCounter, finetune
     from unlearnbench.method import FineTuneMethod, UnlearnJob
     from unlearnbench.protocols import MNIST_TSHIRT
     from unlearnbench.registry import METHODS
@@ -167,9 +168,11 @@ def run_method_steps(name: str, retain: Tensor, forget: Tensor, steps: int = 10,
     loop = LoopConfig(steps=warmup + steps, batch_size=batch_size, lr=lr)
     model = model if model is not None else fresh_unet(seed)
     job = UnlearnJob(base_model=model, retain=retain, forget=forget, loop=loop, hparams=hparams, seed=seed,
-                     device=CPU, progress=False)
+                     device=CPU, progress=False, protocol=MNIST_TSHIRT)
+    counter = PassCounter(model)  # the one-off work (a saliency mask, a Fisher estimate): its passes apart
     with private_cache():
         setup_seconds, state = timed(lambda: method.setup(job))
+    counter.remove()
     stamps: list[float] = []
 
     def on_step(step: int, _model: Any) -> None:
@@ -182,7 +185,8 @@ def run_method_steps(name: str, retain: Tensor, forget: Tensor, steps: int = 10,
     return {
         "method": name, "step_seconds": [float(d) for d in durations], "median_step_s": float(np.median(durations)),
         "forward_per_step": log.unet_forward / loop.steps, "backward_per_step": log.unet_backward / loop.steps,
-        "setup_s": setup_seconds,
+        "setup_s": setup_seconds, "setup_forward": counter.forward_samples / batch_size,
+        "setup_backward": counter.backward_samples / batch_size,
     }
 
 
@@ -279,6 +283,7 @@ def method_step_times(methods: tuple[str, ...] = STEP_METHODS, repeats: int = 5,
             "non_unet_ms": 1e3 * non_unet.get(m, 0.0), "predicted_with_non_unet": pred_extra,
             "deviation_with_non_unet": ratio / pred_extra - 1,
             "setup_s": median([rd["runs"][m]["setup_s"] for rd in rounds]),
+            "setup_forward": first["setup_forward"], "setup_backward": first["setup_backward"],
         }
     return {
         "config": {"batch_size": batch_size, "steps": steps, "warmup": warmup, "repeats": repeats,

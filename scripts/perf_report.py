@@ -27,6 +27,9 @@ sys.path[:] = [p for p in sys.path if Path(p or os.curdir).resolve() != REPO]
 
 from unlearnbench import perf  # noqa: E402
 
+#: What each method's one-off setup computes (the steps section's second table).
+SETUP_WORK = {"salun": "saliency mask: one forward and backward over the forget set",
+              "selective_amnesia": "replay and Fisher samples by DDIM, the Fisher's per-sample gradients"}
 SECTIONS = ("steps", "knn", "sampler", "ann", "celeba", "e2e")
 TITLES = {"steps": "1. Step time per method", "knn": "2. Exact kNN at MNIST scale: faiss against scikit-learn",
           "ann": "3. Approximate search at 1,000,000 items", "celeba": "4. Exact search at CelebA-HQ scale, streamed",
@@ -156,6 +159,14 @@ def render_steps(d: dict[str, Any]) -> str:
         f"{c['retain']:,}-image retain set (`retrack_all`).",
         "",
     ]
+    one_off = [(n, m) for n, m in d["methods"].items() if m.get("setup_forward") or m.get("setup_backward")]
+    if one_off:
+        text += ["**One-off work before the loop** (counted in a cell's passes, reported apart in `costs.setup`; "
+                 f"batch units of {c['batch_size']}, {c['forget_copies']} forget copies):", "",
+                 table(["method", "what", "setup F", "setup B", "setup s", "in plain steps"],
+                       [[f"`{n}`", SETUP_WORK.get(n, "setup"), f"{m['setup_forward']:.2f}", f"{m['setup_backward']:.2f}",
+                         f"{m['setup_s']:.2f}", f"{1e3 * m['setup_s'] / d['plain_step_ms']:.1f}"] for n, m in one_off]),
+                 ""]
     if out_of:
         text.append("**Outside 10 % of the prediction:**")
         text.append("")
