@@ -302,7 +302,7 @@ def eee_document(ev: Evaluation) -> dict[str, Any]:
         "schema_version": EEE_SCHEMA_VERSION,
         "evaluation_id": evaluation_id(ev),
         **({"evaluation_timestamp": began} if began else {}),
-        # the newest cell's start: the export is a function of the records, not of when it ran
+        # the newest record's time (its finish; its start in records older than started_at): not the export's time
         "retrieved_timestamp": str(last_epoch if last_epoch is not None else 0),
         "source_metadata": {
             "source_name": "unlearnbench", "source_type": "evaluation_run",
@@ -310,7 +310,7 @@ def eee_document(ev: Evaluation) -> dict[str, Any]:
             "additional_details": _string_map({
                 "record_schema_version": _distinct(r.get("schema_version") for r in ev.records),
                 "config_hashes": ", ".join(r["config_hash"] for r in ev.records),
-                "last_cell_started": last,
+                "last_cell_recorded": last,
                 "failed_seeds": ", ".join(str(r["cell"]["seed"]) for r in ev.failed) or None,
                 "metrics_without_a_value": unavailable or None,
                 "traceability": (f"not traceable to a commit: recorded from a checkout with uncommitted "
