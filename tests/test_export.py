@@ -106,7 +106,7 @@ def test_eee_direction_bounds_intervals_and_sample_counts(results: Path, tmp_pat
     # provenance: the suite, its version and the records' commit; the sampler
     assert retrack["eval_library"]["name"] == "unlearnbench"
     assert retrack["eval_library"]["additional_details"]["git_commit"] == _committed("retrack", 0)["git_commit"]
-    assert "uncommitted changes" in retrack["source_metadata"]["additional_details"]["traceability"]
+    assert "traceability" not in retrack["source_metadata"]["additional_details"]  # clean commit: traceable
     sampler = _result(retrack, "fid_clf")["generation_config"]["additional_details"]
     assert (sampler["sampler"], sampler["sampler_steps"], sampler["num_samples"]) == ("ddim", "25", "1024")
 
@@ -179,3 +179,12 @@ def test_each_forget_set_is_its_own_evaluation(results: Path, tmp_path: Path) ->
     hf = [p.name for p in export_hf(load_records(results), tmp_path / "hf") if "pretrain" in str(p)]
     assert sorted(hf) == ["mnist_tshirt_mini__quick__forget10000.yaml",
                           "mnist_tshirt_mini__quick__forget10001+10002.yaml"]
+
+
+def test_records_from_a_dirty_checkout_are_flagged_as_untraceable(results: Path, tmp_path: Path) -> None:
+    for path in (results / "records").glob("*__retrack__seed1__*.json"):
+        record = json.loads(path.read_text())
+        path.write_text(json.dumps({**record, "git_commit": record["git_commit"] + "-dirty"}))
+    docs = _by_model(export_eee(load_records(results), tmp_path / "eee"))
+    assert "uncommitted changes" in docs["retrack"]["source_metadata"]["additional_details"]["traceability"]
+    assert "traceability" not in docs["pretrain"]["source_metadata"]["additional_details"]
