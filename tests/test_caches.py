@@ -297,6 +297,7 @@ def test_the_artefact_bundle_ships_artefacts_only(tmp_path: Path, monkeypatch: p
     for rel in shipped + kept_back:
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_bytes(b"x")
-    bundle = _artifact_bundle(SimpleNamespace(task_name="task", tier=SimpleNamespace(name="tier")))
+    bench = SimpleNamespace(task_name="task", task=SimpleNamespace(cache_name="task"), tier=SimpleNamespace(name="tier"))
+    bundle = _artifact_bundle(bench)
     with tarfile.open(fileobj=io.BytesIO(bundle["tar"])) as tar:
         assert sorted(tar.getnames()) == sorted(shipped)
