@@ -62,7 +62,7 @@ def build() -> dict[str, Any]:
         cls = METHODS.get(name)
         rows["methods"].append({"name": name, "version": cls.version, "aliases": METHODS.aliases_of(name),
                                 "description": _summary(cls.__doc__ or sys.modules[cls.__module__].__doc__)})
-    for name in TASKS.names():
+    for name in sorted(TASKS.names()):  # registration order depends on which package was imported first
         if TASKS.origin(name)["package"] != BUILT_IN:
             continue
         task = TASKS.get(name)

@@ -99,7 +99,7 @@ class SDMemorized(Task):
                 unlearning=LoopConfig(steps=2, batch_size=1, grad_accum=2, lr=1e-5, **sd_loop),
                 sampler=SamplerConfig(kind="ddpm", steps=2, num_samples=2, batch_size=2),
                 classifier=None, seeds=(0,), metrics=SD_METRICS,
-                method_overrides={"retrack": {"k": 1}},  # 6 images per prompt leave few retain neighbours
+                method_overrides={"retrack": {"k": 1}, "salun": {"k": 1}},  # 6 images per prompt: few retain neighbours
                 eval={"guidance_scale": 7.5, "prepare_images": 6, "kmeans_k": 2},
                 description="seconds, for tests: a tiny pipeline given with --base-model, prompt folders built by "
                             "prepare; numbers mean nothing",
