@@ -10,7 +10,6 @@ Regenerate the shipped file with ``python -m unlearnbench.catalog``.
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import json
 import sys
 from pathlib import Path
@@ -103,12 +102,10 @@ def load() -> dict[str, Any]:
 
 def plugins(kind: str) -> list[dict[str, Any]]:
     """Entry points of ``unlearnbench.<kind>`` as rows (name, package, version, the package's summary), unimported."""
-    rows = []
-    for entry in sorted(importlib.metadata.entry_points(group=f"unlearnbench.{kind}"), key=lambda e: e.name):
-        dist = getattr(entry, "dist", None)
-        rows.append({"name": entry.name, "package": dist.metadata["Name"] if dist else "an unknown package",
-                     "package_version": dist.version if dist else None,
-                     "description": (dist.metadata["Summary"] if dist else "") or f"entry point {entry.value}"})
+    from unlearnbench.registry import entry_points
+
+    rows = [{"name": p.entry_point.name, "package": p.package, "package_version": p.version, "description": p.summary}
+            for p in entry_points(f"unlearnbench.{kind}")]
     return rows
 
 

@@ -78,6 +78,11 @@ class _Lazy:
         return getattr(loaded, attr) if attr else None
 
 
+def entry_points(group: str) -> list["_Plugin"]:
+    """The installed entry points of ``group``, by name, each with its package (nothing is imported)."""
+    return [_Plugin(e) for e in sorted(importlib.metadata.entry_points(group=group), key=lambda e: e.name)]
+
+
 class _Plugin(_Lazy):
     """An entry point of another installed package: ``module:attr`` (the object) or ``module`` (registers itself)."""
 
@@ -87,6 +92,7 @@ class _Plugin(_Lazy):
         dist = getattr(entry_point, "dist", None)
         self.package = dist.metadata["Name"] if dist is not None else "an unknown package"
         self.version = dist.version if dist is not None else None
+        self.summary = (dist.metadata["Summary"] if dist is not None else "") or f"entry point {entry_point.value}"
 
     def where(self) -> str:
         return (f"plugin {self.entry_point.name!r} of package {self.package}"
@@ -173,8 +179,8 @@ class Registry(Generic[T]):
         """Add the entry points of the registry's group as lazy entries; a name taken already is set aside."""
         if self.group is None:
             return
-        for entry_point in sorted(importlib.metadata.entry_points(group=self.group), key=lambda e: e.name):
-            plugin = _Plugin(entry_point)
+        for plugin in entry_points(self.group):
+            entry_point = plugin.entry_point
             if entry_point.name in self._entries or entry_point.name in self._aliases:
                 owner = self._plugins.get(entry_point.name)
                 self._set_aside(entry_point.name, plugin, f"the name is already registered by "

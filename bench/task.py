@@ -131,16 +131,10 @@ class Task:
         """This task's options (the ``Options`` defaults until ``configure`` sets them)."""
         return self._options if self._options is not None else self.Options()
 
-    _cache_name: str | None = None
-
     @property
     def cache_name(self) -> str:
         """The folder name of this task's prepared artefacts (a task whose data are the user's names them by content)."""
-        return self._cache_name or self.name
-
-    @cache_name.setter
-    def cache_name(self, value: str) -> None:
-        self._cache_name = value
+        return self.name
 
     def configure(self, options: dict[str, Any], data_root: Path | None) -> "Task":
         """A copy of this task with ``options`` applied (the registered task stays as it is).
