@@ -60,10 +60,15 @@ def arrow(higher_is_better: bool | None) -> str:
 
 #: How a column of a metric whose right value is the oracle's says so (instead of an arrow).
 TOWARDS_ORACLE = " ≈ oracle"
+#: How a column that is shown but never ranked (wall-clock) says so (instead of an arrow).
+INFORMATIONAL = " (info)"
 
 
 def heading(metric: str, higher_is_better: bool | None) -> str:
-    """A column heading: the metric with its direction, or ``≈ oracle`` when its target is the oracle's value."""
+    """A column heading: the metric with its direction, ``≈ oracle`` when its target is the oracle's value, or
+    ``(info)`` when it is never ranked."""
+    if informational(metric):
+        return metric + INFORMATIONAL
     return metric + (TOWARDS_ORACLE if target(metric) == "oracle" else arrow(higher_is_better))
 
 
@@ -376,18 +381,45 @@ def collapse_notes(rows: list[Row], found: dict[int, list[Collapse]]) -> list[st
     return [f"{rows[i].label}{COLLAPSED}: " + "; ".join(c.text(label) for c in found[i]) for i in sorted(found)]
 
 
-def machine(device: Any) -> str | None:
+def machine(device: Any, load: str | None = None) -> str | None:
     """A record's ``device`` as a reader wants it: the device, the CPU, the torch threads, and the machine's load
-    when the record holds one (``load`` or ``loadavg``)."""
+    (``load``, else the record's own ``load`` or ``loadavg`` when it holds one)."""
     if not isinstance(device, dict) or not device:
         return None
     kind = " ".join(str(x) for x in (device.get("type"), device.get("name")) if x) or "unknown device"
     parts = [f"CPU {device['cpu']}" if device.get("cpu") else None,
              f"{device['torch_threads']} torch threads" if device.get("torch_threads") is not None else None]
-    load = device.get("load", device.get("loadavg"))
+    load = load if load is not None else device_load(device)
     if load is not None:
         parts.append(f"load {load}")
     return f"{kind} ({', '.join(p for p in parts if p)})" if any(parts) else kind
+
+
+def device_load(device: Any) -> Any:
+    """The machine's load a record's ``device`` holds (``load`` or ``loadavg``), or None."""
+    return device.get("load", device.get("loadavg")) if isinstance(device, dict) else None
+
+
+def machines(devices: Iterable[Any]) -> list[str]:
+    """Records' machines, each once, with the range of loads its records were measured under."""
+    loads: dict[str, list[float]] = {}
+    for device in devices:
+        key = machine({k: v for k, v in device.items() if k not in ("load", "loadavg")}) \
+            if isinstance(device, dict) else None
+        if key is None:
+            continue
+        load = device_load(device)
+        loads.setdefault(key, [])
+        if isinstance(load, (int, float)):
+            loads[key].append(float(load))
+    out = []
+    for key, values in sorted(loads.items()):
+        if values:
+            lo, hi = min(values), max(values)
+            span = f"{lo:g}" if lo == hi else f"{lo:g}–{hi:g}"
+            key = key[:-1] + f", load {span})" if key.endswith(")") else f"{key} (load {span})"
+        out.append(key)
+    return out
 
 
 def _oracle_training(info: Any) -> str | None:
@@ -413,11 +445,10 @@ def cost_notes(rows: list[Row], metrics: Iterable[str]) -> list[str]:
     wall = [m for m in metrics if informational(m)]
     if wall:
         recs = [rec for row in rows if role(row.method) != "oracle" for rec, _ in row.ok]
-        machines = sorted({machine(rec.get("device")) for rec in recs} - {None})
-        loaded = any(isinstance(rec.get("device"), dict) and ("load" in rec["device"] or "loadavg" in rec["device"])
-                     for rec in recs)
+        where = machines(rec.get("device") for rec in recs)
+        loaded = any(device_load(rec.get("device")) is not None for rec in recs)
         notes.append(f"{', '.join(wall)}: wall-clock, informational only and never ranked: it depends on the machine "
-                     f"and on its load; measured on {'; '.join(machines) or 'an unrecorded machine'}"
+                     f"and on its load; measured on {'; '.join(where) or 'an unrecorded machine'}"
                      + ("" if loaded else "; the records hold no measure of the machine's load"))
     units: dict[str, list[str]] = {}
     for m in metrics:
@@ -511,9 +542,11 @@ def comparison_table(records: list[dict[str, Any]], off_by_default: dict[str, st
             m = ok[0]["metrics"][name]
             count = f", n = {m['n_samples']}" if m.get("n_samples") else ""
             notes.insert(0, f"{name}: {m['implementation']}{count}")
+    skipped: dict[str, list[str]] = {}
     for name, why in (off_by_default or {}).items():
         if name not in metric_names:
-            notes.append(f"{name}: not computed in this tier by default: {why}")
+            skipped.setdefault(why, []).append(name)
+    notes += [f"{', '.join(names)}: not computed in this tier by default: {why}" for why, names in skipped.items()]
     return table, notes
 
 

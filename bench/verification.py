@@ -377,5 +377,5 @@ for _j, _variant in enumerate(("relearn", "relearn_knn")):
 MEMBERSHIP_METRICS = tuple(f"mia_{attack}" for attack in ATTACKS)
 RELEARN_METRICS = tuple(f"{variant}_{measure}" for variant in ("relearn", "relearn_knn") for measure in MEASURES)
 #: How a CPU tier says the relearning attack is opt-in (it samples and computes an NLL again, twice).
-RELEARN_OFF = {name: f"the relearning attack re-samples and recomputes the NLL twice per cell (about twice a cell's "
-                     f"evaluation time): add --metrics ... {name} (docs/verification.md)" for name in RELEARN_METRICS}
+RELEARN_OFF = {name: "the relearning attack re-samples and recomputes the NLL twice per cell (about twice a cell's "
+                     "evaluation time): name them in --metrics (docs/verification.md)" for name in RELEARN_METRICS}

@@ -179,7 +179,7 @@ def test_wall_clock_is_never_ranked_and_costs_rank_by_unet_passes() -> None:
     # the fewest passes in total (50 + 50): naive deletion, in both columns; siss ties on forward passes alone
     assert best["unet_forward"] == {at["naive_deletion"]} and best["unet_backward"] == {at["naive_deletion"]}
     cells, bold = _display(group)
-    col = _display.__globals__["_columns"](group).index("unlearn_seconds ↓")
+    col = _display.__globals__["_columns"](group).index("unlearn_seconds (info)")
     assert not bold[col].any()
     md = render_markdown([group], Path("."))
     assert ("- unlearn_seconds: wall-clock, informational only and never ranked: it depends on the machine and on "
@@ -197,6 +197,24 @@ def test_a_recorded_machine_load_is_shown() -> None:
                                       device={**DEVICE, "load": 3.5}), None)], ["unlearn_seconds"])
     note = table.cost_notes(rows, ["unlearn_seconds"])[0]
     assert "cpu (CPU x86_64, 2 torch threads, load 3.5)" in note and "hold no measure" not in note
+
+
+def test_one_machine_is_named_once_with_the_range_of_its_loads() -> None:
+    items = [(dict(_record(m, s, {"unlearn_seconds": 7.0}), device={**DEVICE, "load": load}), None)
+             for (m, s), load in {("siss", 0): 0.98, ("siss", 1): 2.08, ("retrack", 0): 1.5}.items()]
+    items.append((dict(_record("retrack", 1, {"unlearn_seconds": 9.0}), device={**DEVICE, "type": "cuda"}), None))
+    rows, _ = table.build_rows(items, ["unlearn_seconds"])
+    note = table.cost_notes(rows, ["unlearn_seconds"])[0]
+    assert note.endswith("measured on cpu (CPU x86_64, 2 torch threads, load 0.98–2.08); "
+                         "cuda (CPU x86_64, 2 torch threads)")
+    assert table.heading("unlearn_seconds", False) == "unlearn_seconds (info)"  # no direction: never ranked
+
+
+def test_metrics_skipped_for_one_reason_share_one_note() -> None:
+    off = {"fid": "too slow here", "kid": "too slow here", "relearn_nll": "opt-in"}
+    _, notes = table.comparison_table([_record("siss", 0, {"forget_rate": 0.01})], off)
+    assert "fid, kid: not computed in this tier by default: too slow here" in notes
+    assert "relearn_nll: not computed in this tier by default: opt-in" in notes
 
 
 # ------------------------------------------------------------------------------------------ the copy panel
