@@ -374,6 +374,7 @@ def print_sources(bench: "Benchmark", plans: list["CellPlan"]) -> None:  # noqa:
 def cmd_prepare(args: argparse.Namespace) -> int:
     from unlearnbench.artifacts import BASE, CLASSIFIER, RETRAIN, prepare
     from unlearnbench.devices import resolve_device
+    from unlearnbench.runner import require_named_forget_sets
     from unlearnbench.validate import validate_base_model
 
     from unlearnbench.settings import parse_overrides
@@ -401,8 +402,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         return 0
     only = tuple(args.only or (BASE, RETRAIN, *((CLASSIFIER,) if tier.classifier is not None else ())))
     forget_sets = parse_forget(args.forget) or list(task.forget_sets(tier, args.data_root))
-    if args.forget and not task.forget_set_syntax:
-        raise UsageError(f"--forget: task {task.name!r} has one fixed forget set")
+    if args.forget:
+        require_named_forget_sets(task)
     for i, forget_set in enumerate(forget_sets):  # the base and classifier once; the oracle per forget set
         kinds = only if i == 0 else tuple(k for k in only if k == RETRAIN)
         if kinds:

@@ -40,6 +40,13 @@ def headline(record: dict[str, Any], names: list[str], count: int = 3) -> str:
     return ", ".join(shown) or "no sample metric"
 
 
+
+def require_named_forget_sets(task: Task) -> None:
+    """``--forget`` names forget sets: a task with one fixed forget set takes none (``UsageError`` naming those that do)."""
+    if not task.forget_set_syntax:
+        raise UsageError(f"--forget: task {task.name!r} has one fixed forget set; tasks that take --forget: "
+                         f"{', '.join(n for n in TASKS.names() if TASKS.get(n).forget_set_syntax)}")
+
 class Benchmark:
     """One (task, tier) run: plans cells, reuses finished ones, runs the rest."""
 
@@ -68,9 +75,7 @@ class Benchmark:
 
     def check_forget_sets(self, asked: list[str]) -> None:
         """``--forget``: only for tasks whose forget sets are named, each loaded now so a bad name fails before any work."""
-        if not self.task.forget_set_syntax:
-            raise UsageError(f"--forget: task {self.task_name!r} has one fixed forget set; tasks that take --forget: "
-                             f"{', '.join(n for n in TASKS.names() if TASKS.get(n).forget_set_syntax)}")
+        require_named_forget_sets(self.task)
         if self.task.loads_own_base:  # its data are encoded by the base model, loaded later: checked when loaded
             return
         for forget_set in asked:
