@@ -234,9 +234,9 @@ def test_copy_panel_shows_the_copies_framed_with_their_count(tmp_path: Path) -> 
     fig = figures.samples_axes({label: grid for label in copies}, copies)
     axes = [ax for ax in fig.axes if ax.get_title()]  # the empty slots of the last line have none
     titles = [ax.get_title() for ax in axes]
-    assert titles == ["pretrain (seed 0): random samples", "copies of the forget image:\n24 in 1024 samples",
-                      "naive (seed 0): random samples", "copies of the forget image:\n10 in 1024 samples",
-                      "retrack (seed 0): random samples", "copies of the forget image:\n0 in 1024 samples"]
+    assert titles == ["pretrain (seed 0):\nrandom samples", "copies of the forget image:\n24 in 1024 samples",
+                      "naive (seed 0):\nrandom samples", "copies of the forget image:\n10 in 1024 samples",
+                      "retrack (seed 0):\nrandom samples", "copies of the forget image:\n0 in 1024 samples"]
     panel = axes[1]
     assert len(panel.patches) == 24  # each copy framed
     shown = panel.images[0].get_array()
