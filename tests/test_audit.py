@@ -21,7 +21,7 @@ COMMITTED = REPO / "results" / "mnist_tshirt_mini-quick" / "records"
 
 @pytest.fixture()
 def folder(tmp_path: Path) -> Path:
-    """An untouched copy of the committed records (9 methods x seeds 0-2)."""
+    """An untouched copy of the committed records (11 methods x seeds 0-2)."""
     shutil.copytree(COMMITTED, tmp_path / "results" / "records")
     return tmp_path / "results"
 
@@ -57,7 +57,7 @@ def _validate(folder: Path, capsys: pytest.CaptureFixture, *flags: str) -> tuple
 def test_the_committed_results_are_acceptable(folder: Path, capsys: pytest.CaptureFixture) -> None:
     code, out = _validate(folder, capsys)
     assert code == 0, out
-    assert "27 record file(s)" in out and "9 method(s) x 3 seed(s)" in out
+    assert "33 record file(s)" in out and "11 method(s) x 3 seed(s)" in out
     assert out.strip().splitlines()[-1] == "acceptable (0 warning(s))"
 
 
@@ -152,7 +152,7 @@ def test_json_report_and_usage_errors(folder: Path, tmp_path: Path, capsys: pyte
     _edit(path, lambda r: r["cell"].update(seed=5))
     code, out = _validate(folder, capsys, "--json")
     report = json.loads(out)
-    assert code == 1 and report["acceptable"] is False and report["record_files"] == 27
+    assert code == 1 and report["acceptable"] is False and report["record_files"] == 33
     assert [p["path"] for p in report["problems"]] == [f"records/{path.name}"]
     assert "does not match its cell" in report["problems"][0]["message"]
     assert main(["validate", str(tmp_path / "nowhere")]) == 2
