@@ -110,6 +110,15 @@ def _variant(rec: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
 
 
+#: Config scopes a row label names a setting without (``lmbda=0.1``, not ``hparams.lmbda=0.1``).
+SHORT_SCOPES = ("hparams", "loop")
+
+
+def _shown(value: str) -> str:
+    """A flattened config value as a label shows it: an empty string as ``""``."""
+    return '""' if value == "" else value
+
+
 def _variant_labels(method: str, configs: dict[str, dict[str, Any]]) -> dict[str, str]:
     """Row labels: the method name, plus the settings that differ when it ran in several configs."""
     if len(configs) == 1:
@@ -117,10 +126,14 @@ def _variant_labels(method: str, configs: dict[str, dict[str, Any]]) -> dict[str
     flat = {key: _flatten({k: v for k, v in cfg.items() if k not in RUN_KEYS}) for key, cfg in configs.items()}
     keys = sorted(set().union(*flat.values()))
     differ = [k for k in keys if len({f.get(k, "—") for f in flat.values()}) > 1]
-    own = [k for k in differ if not k.startswith(("user_overrides.", "tuned_overrides."))] or differ
+    bookkeeping = ("user_overrides", "tuned_overrides")  # where a setting came from, not what it is
+    own = [k for k in differ if k.split(".", 1)[0] not in bookkeeping] or differ
+    short = {k: k.split(".", 1)[1] if k.split(".", 1)[0] in SHORT_SCOPES else k for k in own}
+    if len(set(short.values())) < len(short):  # e.g. hparams.lr and loop.lr: keep the scopes
+        short = {k: k for k in own}
     labels = {}
     for key, f in flat.items():
-        text = ", ".join(f"{k}={f.get(k, '—')}" for k in own)
+        text = ", ".join(f"{short[k]}={_shown(f.get(k, '—'))}" for k in own)
         labels[key] = f"{method} [{text if len(text) <= 60 else 'config ' + key[:8]}]"
     if len(set(labels.values())) < len(labels):
         labels = {key: f"{method} [config {key[:8]}]" for key in configs}

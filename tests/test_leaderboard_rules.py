@@ -263,3 +263,14 @@ def test_the_report_finds_each_records_copies(tmp_path: Path) -> None:
     assert _copies(rec, record) == figures.Copies(png, 24, 1024)
     rec["sample_copies"] = {"grid": "samples/r-copies.png", "count": 24, "n_samples": 1024}
     assert _copies(rec, record) == figures.Copies(png, 24, 1024)
+
+
+def test_variant_labels_name_what_differs_without_scopes_or_bookkeeping() -> None:
+    default = {"method": "salun", "hparams": {"base": "", "k": 10}, "loop": {"lr": 5e-5}, "user_overrides": {}}
+    masked = {"method": "salun", "hparams": {"base": "retrack", "k": 10}, "loop": {"lr": 2e-4},
+              "user_overrides": {"salun": {"base": "retrack"}, "loop": {"lr": 2e-4}}}
+    labels = table._variant_labels("salun", {"a": default, "b": masked})
+    assert labels == {"a": 'salun [base="", lr=5e-05]', "b": "salun [base=retrack, lr=0.0002]"}
+    clash = table._variant_labels("m", {"a": {"hparams": {"lr": 1}, "loop": {"lr": 1}},
+                                        "b": {"hparams": {"lr": 2}, "loop": {"lr": 3}}})
+    assert clash == {"a": "m [hparams.lr=1, loop.lr=1]", "b": "m [hparams.lr=2, loop.lr=3]"}

@@ -199,11 +199,11 @@ def test_failed_cells_variants_curves_and_declared_directions(results: Path, tmp
     header, rows = _md_rows(md)
     assert "is_clf ↓" in header and "is_clf ↑" not in header
     labels = [r[0] for r in rows]
-    assert labels == ["pretrain", "naive_deletion", "retrack [hparams.k=10]", "retrack [hparams.k=5]", "retrain"]
+    assert labels == ["pretrain", "naive_deletion", "retrack [k=10]", "retrack [k=5]", "retrain"]
     assert rows[2][1] == "2 (+1 failed)" and rows[3][1] == "1"
     assert "- retrack seed 1: loss became non-finite at step 2" in md
     frame = pd.read_csv(board / "leaderboard.csv")
-    k10 = frame[frame["row"] == "retrack [hparams.k=10]"].iloc[0]
+    k10 = frame[frame["row"] == "retrack [k=10]"].iloc[0]
     assert k10["seeds"] == 2 and k10["failed_seeds"] == 1
     assert any(p.name.endswith("__forget_curve.png") for p in written)
     page = (board / "leaderboard.html").read_text(encoding="utf-8")
@@ -316,7 +316,8 @@ def test_html_renders_in_headless_chromium(board: Path, results: Path, tmp_path:
 
 
 @pytest.mark.parametrize("folder", ["mnist_tshirt_mini-quick", "mnist_tshirt_mini-quick-relearn",
-                                    "calibration/mnist_tshirt_mini-quick-runs"])
+                                    "calibration/mnist_tshirt_mini-quick-runs",
+                                    "calibration/mnist_tshirt_mini-quick-ablations"])
 def test_committed_leaderboard_regenerates_byte_for_byte(tmp_path: Path, folder: str) -> None:
     """`run_bench.py report --results results/FOLDER` reproduces each committed folder's tables."""
     from unlearnbench.report import report_main
