@@ -248,7 +248,8 @@ def samples_axes(grids: Mapping[str, Path], copies: Mapping[str, Copies | None] 
             pixels = np.asarray(im.convert("RGB"))
         ax = axes[k * pair]
         ax.imshow(pixels, interpolation="nearest")
-        ax.set_title(label if copies is None else f"{label}:\nrandom samples", fontsize=9)
+        wrapped = label.replace(" [", "\n[", 1)  # a configuration's settings on their own line
+        ax.set_title(wrapped if copies is None else f"{wrapped}:\nrandom samples", fontsize=9)
         if copies is not None:
             panel = axes[k * pair + 1]
             panel.set_axis_on()
