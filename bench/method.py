@@ -71,6 +71,9 @@ class Method:
     finetunes: ClassVar[bool] = False
     Hparams: ClassVar[type] = NoHparams
     published: ClassVar[dict[str, dict[str, Any]]] = {}
+    #: Where ``published`` comes from when it was published for another setting than the task's protocol
+    #: (e.g. "CIFAR-10 class forgetting"): settings then say "published for ..., transferred to <protocol>".
+    published_for: ClassVar[str | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -221,7 +221,9 @@ def resolve_settings(method: Any, task: Task, tier: Tier, overrides: dict[str, d
     replace_fields(tier.unlearning, overrides.get("loop", {}), "loop")  # loop.NAME must name a loop setting
     sources = {f"hparams.{f.name}": "default" for f in dataclasses.fields(method.Hparams)
                if f.default is not dataclasses.MISSING}
-    sources.update({f"hparams.{k}": f"published ({protocol})" for k in method.published.get(protocol, {})})
+    published = f"published ({protocol})" if method.published_for is None else \
+        f"published for {method.published_for}, transferred to {protocol}"
+    sources.update({f"hparams.{k}": published for k in method.published.get(protocol, {})})
     if method.finetunes:
         sources.update({f"loop.{k}": f"tier {tier.name}" for k in LOOP_SETTINGS})
     chosen = tier_choices(task, tier, name)

@@ -94,6 +94,7 @@ class SalUn(FineTuneMethod):
     order = 80
     Hparams = SalUnHparams
     published = {family: {"fraction": 0.5, "alpha": 1e-3} for family in PROTOCOLS}
+    published_for = "CIFAR-10 class forgetting (official DDPM/ code)"
 
     def setup(self, job: UnlearnJob) -> SalUnState:
         h = job.hparams

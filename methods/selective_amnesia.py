@@ -140,6 +140,7 @@ class SelectiveAmnesia(FineTuneMethod):
     order = 90
     Hparams = SelectiveAmnesiaHparams
     published = {family: {"gamma": 1.0, "lmbda": 10.0} for family in PROTOCOLS}
+    published_for = "CIFAR-10 / STL-10 class forgetting (configs/*_forget.yml)"
 
     def setup(self, job: UnlearnJob) -> AmnesiaState:
         """Once, on the base model: the replay set, the diagonal Fisher and θ*.

@@ -83,6 +83,17 @@ def test_record_and_dry_run_show_value_and_source(capsys, tmp_path: Path) -> Non
     assert "loop.lr=0.0123 from user (--set loop.lr)" in siss
 
 
+def test_values_published_for_another_setting_say_so(capsys) -> None:
+    assert main(["run", "--tier", "quick", "--methods", "salun,selective_amnesia", "--dry-run", "--no-estimate"]) == 0
+    out = capsys.readouterr().out
+    salun = next(line for line in out.splitlines() if line.strip().startswith("salun:"))
+    amnesia = next(line for line in out.splitlines() if line.strip().startswith("selective_amnesia:"))
+    assert ("hparams.alpha=0.001 from published for CIFAR-10 class forgetting (official DDPM/ code), "
+            "transferred to mnist_tshirt") in salun
+    assert "hparams.lmbda=10.0 from published for CIFAR-10 / STL-10 class forgetting" in amnesia
+    assert "from published (mnist_tshirt)" not in salun + amnesia
+
+
 def test_sd_paper_tier_runs_fp32_with_bf16_as_an_option() -> None:
     load_all()
     tier = TASKS.get("sd_memorized").tier("paper")
