@@ -40,12 +40,12 @@ def headline(record: dict[str, Any], names: list[str], count: int = 3) -> str:
     return ", ".join(shown) or "no sample metric"
 
 
-
 def require_named_forget_sets(task: Task) -> None:
     """``--forget`` names forget sets: a task with one fixed forget set takes none (``UsageError`` naming those that do)."""
     if not task.forget_set_syntax:
         raise UsageError(f"--forget: task {task.name!r} has one fixed forget set; tasks that take --forget: "
                          f"{', '.join(n for n in TASKS.names() if TASKS.get(n).forget_set_syntax)}")
+
 
 class Benchmark:
     """One (task, tier) run: plans cells, reuses finished ones, runs the rest."""

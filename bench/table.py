@@ -415,23 +415,19 @@ def device_load(device: Any) -> Any:
 
 def machines(devices: Iterable[Any]) -> list[str]:
     """Records' machines, each once, with the range of loads its records were measured under."""
-    loads: dict[str, list[float]] = {}
+    found: dict[str, tuple[dict[str, Any], list[float]]] = {}  # the machine without its load -> (device, loads)
     for device in devices:
-        key = machine({k: v for k, v in device.items() if k not in ("load", "loadavg")}) \
-            if isinstance(device, dict) else None
+        unloaded = {k: v for k, v in device.items() if k not in ("load", "loadavg")} if isinstance(device, dict) else None
+        key = machine(unloaded)
         if key is None:
             continue
-        load = device_load(device)
-        loads.setdefault(key, [])
-        if isinstance(load, (int, float)):
-            loads[key].append(float(load))
+        loads = found.setdefault(key, (unloaded, []))[1]
+        if isinstance(device_load(device), (int, float)):
+            loads.append(float(device_load(device)))
     out = []
-    for key, values in sorted(loads.items()):
-        if values:
-            lo, hi = min(values), max(values)
-            span = f"{lo:g}" if lo == hi else f"{lo:g}–{hi:g}"
-            key = key[:-1] + f", load {span})" if key.endswith(")") else f"{key} (load {span})"
-        out.append(key)
+    for key, (device, loads) in sorted(found.items()):
+        span = None if not loads else f"{min(loads):g}" if min(loads) == max(loads) else f"{min(loads):g}–{max(loads):g}"
+        out.append(machine(device, span) or key)
     return out
 
 
