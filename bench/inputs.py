@@ -16,6 +16,7 @@ from typing import Any, Iterator
 
 from unlearnbench.artifacts import BASE, CLASSIFIER, RETRAIN
 from unlearnbench.errors import ArtefactCorruptError
+from unlearnbench.metrics import CLIP, INCEPTION, SSCD
 from unlearnbench.protocols import CELEBA_HQ, CIFAR10
 from unlearnbench.registry import METRICS
 from unlearnbench.validate import looks_like_path
@@ -23,16 +24,6 @@ from unlearnbench.validate import looks_like_path
 #: (what is missing, where it comes from: the flag, the command or the download)
 Missing = tuple[str, str]
 
-INCEPTION, SSCD, CLIP = "inception", "sscd", "clip"
-
-#: The user-supplied weights each metric reads, by metric name. A metric that declares ``weights`` itself (should
-#: ``Metric`` gain that field), or a task that declares ``metric_weights`` for its own definitions, is taken at
-#: its word instead. Without them the metric is reported unavailable with the flag; the dry run says so first.
-METRIC_WEIGHTS: dict[str, tuple[str, ...]] = {
-    "fid": (INCEPTION,), "kid": (INCEPTION,), "inception_score": (INCEPTION,),
-    "sscd": (SSCD,), "sscd_memorized": (SSCD,), "sscd_memorized_modified": (SSCD,),
-    "clip_iqa": (CLIP,), "clip_iqa_modified": (CLIP,),
-}
 #: Task-defined metrics whose definition under a published protocol reads weights: the CIFAR-10 and
 #: CelebA-HQ forget rate counts SSCD copies among the injections (ReTrack's evaluation).
 PROTOCOL_METRIC_WEIGHTS: dict[str, dict[str, tuple[str, ...]]] = {
@@ -43,15 +34,16 @@ _FLAGS = {INCEPTION: "--inception-weights", SSCD: "--sscd-weights", CLIP: "--cli
 
 
 def metric_weights(metric: str, task: Any) -> tuple[str, ...]:
-    """The kinds of user-supplied weights (``inception``, ``sscd``, ``clip``) ``metric`` reads on ``task``."""
-    declared = getattr(METRICS.get(metric), "weights", None) if metric in METRICS else None
-    if declared is not None:
-        return tuple(declared)
-    by_task = getattr(task, "metric_weights", None)  # a task that declares what its own definitions read
+    """The kinds of user-supplied weights (``inception``, ``sscd``, ``clip``) ``metric`` reads on ``task``: what the
+    task declares for its own definitions (``metric_weights``), else its protocol's (``PROTOCOL_METRIC_WEIGHTS``),
+    else the metric's own ``Metric.weights``."""
+    by_task = getattr(task, "metric_weights", None)
     if isinstance(by_task, dict) and metric in by_task:
         return tuple(by_task[metric])
     by_protocol = PROTOCOL_METRIC_WEIGHTS.get(str(getattr(task, "protocol", "")), {})
-    return by_protocol.get(metric, METRIC_WEIGHTS.get(metric, ()))
+    if metric in by_protocol:
+        return by_protocol[metric]
+    return METRICS.get(metric).weights if metric in METRICS else ()
 
 
 class _NoNetwork(OSError):

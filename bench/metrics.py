@@ -45,6 +45,10 @@ class MetricValue:
     replicates: list[float] | None = None
 
 
+#: Kinds of user-supplied weights (``Metric.weights``), each given by its flag (``--inception-weights`` ...).
+INCEPTION, SSCD, CLIP = "inception", "sscd", "clip"
+
+
 @dataclass(frozen=True)
 class Metric:
     """A registered metric: how it is computed and which direction is better."""
@@ -94,6 +98,9 @@ class Metric:
     informational: bool = False
     #: Cost metrics of one unit (e.g. "UNet passes") are ranked together, by the sum of their means.
     cost_unit: str | None = None
+    #: The user-supplied weights it reads (``INCEPTION``, ``SSCD``, ``CLIP``): without them it is reported
+    #: unavailable with the flag that gives them, and the dry run lists them among the missing inputs.
+    weights: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.collapse is not None:
@@ -531,7 +538,7 @@ def _online() -> bool:
         return False
 
 
-@register_metric("fid", check=bootstrap_replicates,
+@register_metric("fid", check=bootstrap_replicates, weights=(INCEPTION,),
                  higher_is_better=False, tolerance=0.10, relative=True, order=110, deltas=True, quality=True,
                  collapse=10.0,
                  implementation="Inception-v3 FID (torch-fidelity inception-v3-compat, 2048-d pool features; grayscale "
@@ -593,7 +600,7 @@ def _inception(ctx: EvalContext, weights: str | None, kid: bool = False) -> dict
     return ctx.memo[key]
 
 
-@register_metric("kid", check=bootstrap_replicates,
+@register_metric("kid", check=bootstrap_replicates, weights=(INCEPTION,),
                  higher_is_better=False, tolerance=0.005, order=111, deltas=True, quality=True,
                  implementation="Kernel Inception Distance (torch-fidelity kid: unbiased MMD² with the cubic "
                                 "polynomial kernel, mean over 100 subsets of min(1000, samples, references)) of "
@@ -617,7 +624,7 @@ def kid(ctx: EvalContext) -> MetricValue:
                        **out.get("kid_bootstrap", {}))
 
 
-@register_metric("inception_score", check=bootstrap_replicates,
+@register_metric("inception_score", check=bootstrap_replicates, weights=(INCEPTION,),
                  higher_is_better=True, tolerance=0.05, relative=True, order=130, quality=True, collapse=0.5,
                  implementation="Inception Score (torch-fidelity isc, inception-v3-compat logits, 10 splits) of the "
                                 "generated samples that are not copies of the forget image")

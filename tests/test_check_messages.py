@@ -240,14 +240,18 @@ def test_the_committed_baseline_is_not_ignored() -> None:
     assert ignored.returncode == 1  # 0 would mean a .gitignore rule matches it
 
 
-def test_the_weights_table_names_registered_metrics() -> None:
-    from unlearnbench.inputs import METRIC_WEIGHTS, PROTOCOL_METRIC_WEIGHTS, metric_weights
+def test_each_metric_declares_the_weights_it_reads() -> None:
+    from unlearnbench.inputs import PROTOCOL_METRIC_WEIGHTS, metric_weights
     from unlearnbench.registry import METRICS
 
-    assert set(METRIC_WEIGHTS) <= set(METRICS.names())
+    declared = {m: METRICS.get(m).weights for m in METRICS.names() if METRICS.get(m).weights}
+    assert declared == {"fid": ("inception",), "kid": ("inception",), "inception_score": ("inception",),
+                        "sscd": ("sscd",), "sscd_memorized": ("sscd",), "sscd_memorized_modified": ("sscd",),
+                        "clip_iqa": ("clip",), "clip_iqa_modified": ("clip",)}
     assert all(set(m) <= set(METRICS.names()) for m in PROTOCOL_METRIC_WEIGHTS.values())
-    assert metric_weights("forget_rate", TASKS.get("cifar10")) == ("sscd",)
+    assert metric_weights("forget_rate", TASKS.get("cifar10")) == ("sscd",)  # the protocol's definition reads SSCD
     assert metric_weights("forget_rate", TASKS.get(TASK)) == ()
+    assert metric_weights("fid", TASKS.get(TASK)) == ("inception",)
 
 
 def test_other_forget_sets_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

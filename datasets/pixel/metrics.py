@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from unlearnbench.datasets.pixel.injection import INJECTION_T, denoise_injections, rms_distance
-from unlearnbench.metrics import EvalContext, MetricValue, register_metric
+from unlearnbench.metrics import SSCD, EvalContext, MetricValue, register_metric
 from unlearnbench.neighbours import cached_knn_search
 from unlearnbench.paths import cache_root
 from unlearnbench.sscd import COPY_THRESHOLD, SSCD_MISSING, sscd_model, sscd_similarity
@@ -62,7 +62,7 @@ def sscd_similarities(ctx: EvalContext) -> Tensor | None:
     return ctx.memo["sscd"]
 
 
-@register_metric("sscd", higher_is_better=False, tolerance=0.05, order=60, passes=injection_passes,
+@register_metric("sscd", weights=(SSCD,), higher_is_better=False, tolerance=0.05, order=60, passes=injection_passes,
                  implementation="mean SSCD cosine similarity (sscd_disc_mixup descriptors) between the forget image "
                                 "and its injections denoised by the unlearned model (ReTrack's evaluation)")
 def sscd(ctx: EvalContext) -> MetricValue:

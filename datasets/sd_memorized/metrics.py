@@ -16,7 +16,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from unlearnbench.metrics import EvalContext, MetricValue, register_metric
+from unlearnbench.metrics import CLIP, EvalContext, MetricValue, register_metric
+from unlearnbench.metrics import SSCD as SSCD_WEIGHTS
 from unlearnbench.io import sha256_file
 from unlearnbench.datasets.sd_memorized.pipeline import SSCD, PromptFolder
 from unlearnbench.sscd import sscd_model
@@ -130,17 +131,18 @@ def forget_rate_modified(ctx: EvalContext) -> MetricValue:
 
 
 def _register_for_both_prompts(name: str, of: Any, template: str, higher_is_better: bool, order: int,
-                               tolerance: float | None = None, percent: bool = False) -> None:
+                               tolerance: float | None = None, percent: bool = False,
+                               weights: tuple[str, ...] = ()) -> None:
     """``name`` scores the original prompt's samples, ``name_modified`` the modified prompt's (next column)."""
     for which, suffix, column in (("samples", "", order), ("modified", "_modified", order + 10)):
         register_metric(name + suffix, higher_is_better=higher_is_better, tolerance=tolerance, order=column,
-                        percent=percent, digits=1 if percent else 2,
+                        percent=percent, digits=1 if percent else 2, weights=weights,
                         implementation=template.format(which=PROMPT_SETS[which]))(functools.partial(of, which=which))
 
 
 _register_for_both_prompts("success", success_of, SUCCESS_IMPLEMENTATION, higher_is_better=True, order=30,
                            percent=True)
 _register_for_both_prompts("clip_iqa", clip_iqa_of, CLIP_IQA_IMPLEMENTATION, higher_is_better=True, order=140,
-                           tolerance=0.02)
+                           tolerance=0.02, weights=(CLIP,))
 _register_for_both_prompts("sscd_memorized", sscd_memorized_of, SSCD_IMPLEMENTATION, higher_is_better=False,
-                           order=70, tolerance=0.02)
+                           order=70, tolerance=0.02, weights=(SSCD_WEIGHTS,))
