@@ -128,7 +128,7 @@ def _variant_labels(method: str, configs: dict[str, dict[str, Any]]) -> dict[str
     differ = [k for k in keys if len({f.get(k, "—") for f in flat.values()}) > 1]
     bookkeeping = ("user_overrides", "tuned_overrides")  # where a setting came from, not what it is
     own = [k for k in differ if k.split(".", 1)[0] not in bookkeeping] or differ
-    short = {k: k.split(".", 1)[1] if k.split(".", 1)[0] in SHORT_SCOPES else k for k in own}
+    short = {k: rest if scope in SHORT_SCOPES and rest else k for k in own for scope, _, rest in [k.partition(".")]}
     if len(set(short.values())) < len(short):  # e.g. hparams.lr and loop.lr: keep the scopes
         short = {k: k for k in own}
     labels = {}

@@ -274,3 +274,5 @@ def test_variant_labels_name_what_differs_without_scopes_or_bookkeeping() -> Non
     clash = table._variant_labels("m", {"a": {"hparams": {"lr": 1}, "loop": {"lr": 1}},
                                         "b": {"hparams": {"lr": 2}, "loop": {"lr": 3}}})
     assert clash == {"a": "m [hparams.lr=1, loop.lr=1]", "b": "m [hparams.lr=2, loop.lr=3]"}
+    bare = table._variant_labels("m", {"a": {"hparams": {}, "loop": {"lr": 1}}, "b": {"loop": {"lr": 2}}})
+    assert bare == {"a": "m [hparams={}, lr=1]", "b": "m [hparams=—, lr=2]"}  # a scope with no setting keeps its name
